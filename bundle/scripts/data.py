@@ -1,0 +1,150 @@
+"""Reading EM stacks (multi-page TIFF or a folder of per-slice PNG/TIF) and splitting them into folds.
+
+Every reader validates what it reads and raises :class:`StackError` naming the file and the problem, so a
+bad input fails before any training or writing starts.
+
+Label convention (the ISBI 2012 one): 255 (or 1) = cell interior, 0 = membrane. Inside the bundle the
+target is the **membrane** mask (1 = membrane), because membrane is what the network predicts.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+SLICE_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+class StackError(ValueError):
+    """An input image or label stack that cannot be used; the message names the file and the problem."""
+
+
+def _natural_key(path: Path) -> list:
+    """Sort ``slice_2.png`` before ``slice_10.png``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def _read_one_file(path: Path) -> np.ndarray:
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return tifffile.imread(path)
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except Exception as error:  # tifffile/PIL raise many types for corrupt files
+        raise StackError(f"{path}: cannot be read as an image ({type(error).__name__}: {error})") from error
+
+
+def _as_slices(array: np.ndarray, path: Path, per_slice_file: bool) -> np.ndarray:
+    """Return ``array`` as (Z, H, W); reject colour images with a clear message."""
+    colour = array.ndim == 4 or (array.ndim == 3 and array.shape[-1] in (3, 4) and min(array.shape[:2]) > 4)
+    if colour or (per_slice_file and array.ndim != 2):
+        raise StackError(
+            f"{path}: has shape {array.shape}; expected single-channel grayscale slices "
+            "(H, W) or a stack (Z, H, W), not colour or multi-channel images"
+        )
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise StackError(f"{path}: has shape {array.shape}; expected (H, W) or (Z, H, W)")
+    if array.size == 0:
+        raise StackError(f"{path}: contains no pixels (shape {array.shape})")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise StackError(f"{path}: has unsupported dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise StackError(f"{path}: contains NaN or infinite values")
+    return array
+
+
+def list_slice_files(folder: Path) -> list[Path]:
+    """The PNG/TIF files of a slice folder, in natural order."""
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in SLICE_SUFFIXES), key=_natural_key)
+    if not files:
+        raise StackError(f"{folder}: folder holds no {'/'.join(SLICE_SUFFIXES)} slices")
+    return files
+
+
+def read_stack(path: str | Path) -> np.ndarray:
+    """Read a multi-page TIFF, a single image, or a folder of slice images as a (Z, H, W) array.
+
+    Args:
+        path: a ``.tif``/``.tiff``/``.png`` file, or a folder of such files (one slice each, natural order).
+
+    Returns:
+        array of shape (Z, H, W) in the file's dtype.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise StackError(f"{path}: no such file or folder")
+    if path.is_file():
+        return _as_slices(_read_one_file(path), path, per_slice_file=False)
+    slices = [_as_slices(_read_one_file(f), f, per_slice_file=True)[0] for f in list_slice_files(path)]
+    first = slices[0]
+    for file, image in zip(list_slice_files(path), slices):
+        if image.shape != first.shape or image.dtype != first.dtype:
+            raise StackError(
+                f"{file}: slice is {image.shape} {image.dtype}, but the first slice of {path} is "
+                f"{first.shape} {first.dtype}; all slices of a stack must match"
+            )
+    return np.stack(slices)
+
+
+def read_membrane_labels(path: str | Path) -> np.ndarray:
+    """Read an ISBI-style label stack (255 or 1 = interior, 0 = membrane) as a uint8 membrane mask (1 = membrane).
+
+    Returns:
+        array of shape (Z, H, W), dtype uint8, values in {0, 1}.
+    """
+    labels = read_stack(path)
+    values = np.unique(labels)
+    if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
+        shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        raise StackError(
+            f"{path}: labels must be binary (0 = membrane, 255 or 1 = interior), found values {shown}"
+        )
+    return (labels == 0).astype(np.uint8)
+
+
+def load_labelled_stack(image_path: str | Path, label_path: str | Path) -> list[dict]:
+    """Read an image stack and its label stack, check they match, and return one item per slice.
+
+    Returns:
+        list of ``{"image": (H, W) array, "label": (H, W) uint8 membrane mask, "slice": z}``.
+    """
+    images = read_stack(image_path)
+    membranes = read_membrane_labels(label_path)
+    if images.shape != membranes.shape:
+        raise StackError(
+            f"{label_path}: label stack has shape {membranes.shape} but image stack {image_path} has "
+            f"{images.shape}; they must match slice for slice"
+        )
+    return [{"image": images[z], "label": membranes[z], "slice": z} for z in range(images.shape[0])]
+
+
+def load_unlabelled_stack(image_path: str | Path) -> list[dict]:
+    """Read an image stack for inference: ``[{"image": (H, W) array, "slice": z}, ...]``."""
+    images = read_stack(image_path)
+    return [{"image": images[z], "slice": z} for z in range(images.shape[0])]
+
+
+def heldout_block(num_slices: int, fold: int, num_folds: int) -> range:
+    """The contiguous block of slices held out in ``fold`` of ``num_folds``-fold cross-validation.
+
+    Neighbouring sections are strongly correlated, so validation uses a contiguous block, never slices
+    interleaved with training ones. With 30 slices and 5 folds, fold 4 holds out slices 24-29.
+    """
+    if num_folds < 2 or not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be in [0, {num_folds}) with num_folds >= 2; got fold={fold}, num_folds={num_folds}")
+    if num_slices < num_folds:
+        raise StackError(f"{num_slices} slices cannot be split into {num_folds} folds")
+    edges = np.linspace(0, num_slices, num_folds + 1).round().astype(int)
+    return range(edges[fold], edges[fold + 1])
+
+
+def split_slices(items: list[dict], fold: int, num_folds: int, heldout: bool) -> list[dict]:
+    """The training (``heldout=False``) or held-out (``heldout=True``) items of one fold."""
+    block = heldout_block(len(items), fold, num_folds)
+    return [item for item in items if (item["slice"] in block) == heldout]

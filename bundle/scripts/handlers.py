@@ -1,0 +1,181 @@
+"""Small Ignite handlers and helpers the MONAI handler set lacks: run-level progress, slice collection,
+TIFF stack writing, resume-checkpoint lookup and weight loading with clear errors."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import time
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+
+_CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+
+
+def latest_checkpoint(folder: str | Path) -> str:
+    """The newest ``checkpoint_epoch=N.pt`` written by the training run in ``folder`` (for resuming)."""
+    folder = Path(folder)
+    found = [(int(m.group(1)), p) for p in folder.glob("checkpoint_epoch=*.pt") if (m := _CHECKPOINT_PATTERN.search(p.name))]
+    if not found:
+        raise FileNotFoundError(
+            f"{folder}: no checkpoint_epoch=N.pt to resume from; run training without --resume first "
+            "or point --output_dir at the interrupted run's folder"
+        )
+    return str(max(found)[1])
+
+
+class TrainingProgress:
+    """Logs one line per epoch: loss, latest and best key metric, learning rate, elapsed time and ETA.
+
+    Attach after the ``ValidationHandler`` so the line shows the validation that just ran.
+
+    Args:
+        key_metric: name of the evaluator's key metric to report (e.g. ``"val_v_rand"``).
+        evaluator: the validation engine whose metrics are reported.
+        name: logger name.
+    """
+
+    def __init__(self, key_metric: str, evaluator: Engine, name: str = "TrainingProgress") -> None:
+        self.key_metric = key_metric
+        self.evaluator = evaluator
+        self.logger = logging.getLogger(name)
+        self._start: float | None = None
+        self._start_epoch = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _started(self, engine: Engine) -> None:
+        self._start = time.perf_counter()
+        self._start_epoch = engine.state.epoch
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        state = engine.state
+        elapsed = time.perf_counter() - (self._start or time.perf_counter())
+        done = max(state.epoch - self._start_epoch, 1)
+        remaining = elapsed / done * (state.max_epochs - state.epoch)
+        parts = [f"epoch {state.epoch}/{state.max_epochs}"]
+        loss = state.output[0]["loss"] if isinstance(state.output, list) else None
+        if loss is not None:
+            parts.append(f"loss {float(loss):.4f}")
+        metrics = self.evaluator.state.metrics
+        if self.key_metric in metrics:
+            parts.append(
+                f"{self.key_metric} {metrics[self.key_metric]:.4f} "
+                f"(best {self.evaluator.state.best_metric:.4f} at epoch {self.evaluator.state.best_metric_epoch})"
+            )
+        optimizer = getattr(engine, "optimizer", None)
+        if optimizer is not None:
+            parts.append(f"lr {optimizer.param_groups[0]['lr']:.2e}")
+        parts.append(f"elapsed {elapsed / 60:.1f} min, ETA {remaining / 60:.1f} min")
+        self.logger.info(" | ".join(parts))
+
+
+def _item_arrays(engine: Engine) -> list[dict]:
+    """The current iteration's decollated items as numpy arrays: image, pred and (if present) label, slice."""
+    items = []
+    for batch_item, output_item in zip(engine.state.batch, engine.state.output):
+        item = {
+            "slice": int(batch_item["slice"]),
+            "image": batch_item["image"].detach().cpu().numpy()[0],
+            "pred": output_item["pred"].detach().float().cpu().numpy()[0],
+        }
+        if "label" in batch_item:
+            item["label"] = batch_item["label"].detach().cpu().numpy()[0]
+        items.append(item)
+    return items
+
+
+class SliceCollector:
+    """Keeps every slice an evaluator processed (image, label, membrane probability), ordered by slice index.
+
+    Needs ``decollate=True`` (the default) and a ``slice`` key in each data item.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.items.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+
+    def _collect(self, engine: Engine) -> None:
+        self.items.extend(_item_arrays(engine))
+        self.items.sort(key=lambda item: item["slice"])
+
+
+def load_weights(network: torch.nn.Module, path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Load a ``model.pt`` state dict (plain, or under a ``"model"`` key) into ``network``, with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found; train the bundle first or pass --model_path")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path}: cannot be read as PyTorch weights ({type(error).__name__}: {error})") from error
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: weights do not fit the configured network_def ({error})") from error
+    return network
+
+
+class StackWriter:
+    """Writes an inference run's slices as TIFF stacks once the evaluator finishes.
+
+    Files (``<name>`` = the input file's stem or folder name), each written atomically:
+
+    * ``<name>_membrane_probability.tif``: float32 (Z, H, W), membrane probability in [0, 1];
+    * ``<name>_segmentation.tif``: uint8 (Z, H, W), 255 = cell interior, 0 = membrane (the labels' convention),
+      interior where ``1 - probability > threshold``;
+    * with ``challenge_submission=True`` also ``<name>_isbi2012_submission.tif``: float32 interior probability
+      ``1 - p``, the map the ISBI 2012 scorer thresholds.
+
+    Args:
+        output_dir: folder for the stacks (created when writing).
+        name: base name of the files.
+        threshold: threshold on the interior map for the segmentation.
+        challenge_submission: also write the ISBI 2012 submission stack.
+    """
+
+    def __init__(self, output_dir: str | Path, name: str, threshold: float = 0.5, challenge_submission: bool = False) -> None:
+        self.output_dir = Path(output_dir)
+        self.name = name
+        self.threshold = threshold
+        self.challenge_submission = challenge_submission
+        self.collector = SliceCollector()
+        self.written: list[Path] = []
+
+    def attach(self, engine: Engine) -> None:
+        self.collector.attach(engine)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _write(self, engine: Engine) -> None:
+        import numpy as np
+        import tifffile
+
+        from .report import _atomic_write
+
+        probability = np.stack([item["pred"] for item in self.collector.items]).astype(np.float32)
+        stacks = {
+            "membrane_probability": probability,
+            "segmentation": np.where(1.0 - probability > self.threshold, 255, 0).astype(np.uint8),
+        }
+        if self.challenge_submission:
+            stacks["isbi2012_submission"] = 1.0 - probability
+        self.written = []
+        for suffix, stack in stacks.items():
+            buffer = io.BytesIO()
+            tifffile.imwrite(buffer, stack, compression="zlib", metadata={"axes": "ZYX"})
+            path = self.output_dir / f"{self.name}_{suffix}.tif"
+            _atomic_write(path, buffer.getvalue())
+            self.written.append(path)
+        logging.getLogger("StackWriter").info(
+            "wrote %s (%d slices of %dx%d)", ", ".join(str(p) for p in self.written), *probability.shape
+        )

@@ -1,0 +1,174 @@
+"""ISBI 2012 challenge metrics: foreground-restricted Rand and information-theoretic scores after border thinning.
+
+This follows the official evaluation (Arganda-Carreras et al., Front. Neuroanat. 2015; Fiji's
+``trainableSegmentation.metrics``, the "Segmentation evaluation after border thinning" script):
+
+* ground-truth segments are the 4-connected components of the cell interior; ground-truth membrane
+  pixels are excluded from every count (foreground restriction);
+* the proposal is an *interior* probability map, binarised as ``interior > threshold``; its membrane is
+  thinned to 1-pixel lines by a 4-connected watershed of the binary map seeded with the 4-connected
+  interior components, and every pixel left on those lines is its own singleton segment;
+* with ``n_ij`` the overlap counts, ``A_i`` the ground-truth and ``B_j`` the proposal segment sizes and
+  ``C`` the number of line pixels (all restricted to ground-truth foreground, ``N`` pixels)::
+
+      V_rand_split = (sum n_ij^2 + C) / sum A_i^2
+      V_rand_merge = (sum n_ij^2 + C) / (sum B_j^2 + C)
+      V_rand = 2 * split * merge / (split + merge)
+      V_info = 2 I(S;T) / (H(S) + H(T))      (probabilities p = count / N, singletons p = 1 / N)
+
+* scores are computed per 2D slice and averaged over slices; the challenge number is the maximum over
+  thresholds 0.0, 0.1, ..., 1.0 of that mean.
+
+The network in this bundle predicts *membrane* probability ``p``; the interior map is ``1 - p``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.metrics import CumulativeIterationMetric
+from skimage.measure import label as connected_components
+from skimage.segmentation import watershed
+
+
+def _challenge_thresholds() -> tuple[float, ...]:
+    """0.0, 0.1, ..., 1.0 accumulated in double precision exactly as the official Java loop does."""
+    thresholds, value = [], 0.0
+    while value <= 1.0:
+        thresholds.append(value)
+        value += 0.1
+    return tuple(thresholds)
+
+
+CHALLENGE_THRESHOLDS = _challenge_thresholds()
+
+
+def thinned_segmentation(interior: np.ndarray) -> np.ndarray:
+    """Label a binary interior map, splitting touching regions along 1-pixel watershed lines.
+
+    Args:
+        interior: (H, W) bool, True = cell interior.
+
+    Returns:
+        (H, W) int32 labels: 1..K for segments, 0 for the 1-pixel boundary lines between them.
+    """
+    seeds = connected_components(interior, connectivity=1)
+    if seeds.max() == 0:
+        return seeds.astype(np.int32)
+    relief = (~interior).astype(np.uint8)
+    return watershed(relief, markers=seeds, connectivity=1, watershed_line=True).astype(np.int32)
+
+
+def _contingency(truth: np.ndarray, proposal: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Overlap counts on ground-truth foreground: (n_ij of proposal labels > 0, A_i, B_j, C)."""
+    keep = truth > 0
+    truth, proposal = truth[keep].astype(np.int64), proposal[keep].astype(np.int64)
+    singletons = int((proposal == 0).sum())
+    _, truth_sizes = np.unique(truth, return_counts=True)
+    segmented = proposal > 0
+    pair_codes = truth[segmented] * (int(proposal.max()) + 1) + proposal[segmented]
+    _, pair_counts = np.unique(pair_codes, return_counts=True)
+    _, proposal_sizes = np.unique(proposal[segmented], return_counts=True)
+    return pair_counts, truth_sizes, proposal_sizes, singletons
+
+
+def _f_score(a: float, b: float) -> float:
+    return 2 * a * b / (a + b) if a + b > 0 else float("nan")
+
+
+def foreground_restricted_scores(truth: np.ndarray, proposal: np.ndarray) -> dict[str, float]:
+    """Foreground-restricted Rand and information-theoretic scores of a proposal against ground truth.
+
+    Args:
+        truth: (H, W) int ground-truth segments, 0 = membrane (excluded from all counts).
+        proposal: (H, W) int proposal segments, 0 = boundary pixels (each a singleton segment).
+
+    Returns:
+        ``v_rand``, ``v_rand_split``, ``v_rand_merge``, ``v_info``, ``v_info_split``, ``v_info_merge``;
+        all NaN when the ground truth has no foreground pixel.
+    """
+    pair_counts, truth_sizes, proposal_sizes, singletons = _contingency(truth, proposal)
+    total = int(truth_sizes.sum())
+    if total == 0:
+        return dict.fromkeys(("v_rand", "v_rand_split", "v_rand_merge", "v_info", "v_info_split", "v_info_merge"), float("nan"))
+    sum_pairs = float((pair_counts.astype(np.float64) ** 2).sum()) + singletons
+    rand_split = sum_pairs / float((truth_sizes.astype(np.float64) ** 2).sum())
+    rand_merge = sum_pairs / (float((proposal_sizes.astype(np.float64) ** 2).sum()) + singletons)
+
+    def plogp(counts: np.ndarray) -> float:
+        p = counts / total
+        return float((p * np.log(p)).sum())
+
+    singleton_term = singletons / total * np.log(1.0 / total)
+    truth_entropy = -plogp(truth_sizes)
+    proposal_entropy = -(plogp(proposal_sizes) + singleton_term)
+    joint_entropy = -(plogp(pair_counts) + singleton_term)
+    mutual_information = truth_entropy + proposal_entropy - joint_entropy
+    # the official code's conventions for segmentations with zero entropy (one segment)
+    info_split, info_merge = (
+        (mutual_information / truth_entropy, mutual_information / proposal_entropy)
+        if truth_entropy > 0 and proposal_entropy > 0
+        else ((0.0, 1.0) if proposal_entropy > 0 else (1.0, 0.0))
+    )
+    return {
+        "v_rand": _f_score(rand_split, rand_merge),
+        "v_rand_split": rand_split,
+        "v_rand_merge": rand_merge,
+        "v_info": _f_score(info_split, info_merge),
+        "v_info_split": info_split,
+        "v_info_merge": info_merge,
+    }
+
+
+def slice_scores(
+    membrane_probability: np.ndarray, membrane_truth: np.ndarray, thresholds: Sequence[float] = CHALLENGE_THRESHOLDS
+) -> dict[str, np.ndarray]:
+    """V_rand and V_info of one 2D slice at each threshold.
+
+    Args:
+        membrane_probability: (H, W) float in [0, 1], the network's membrane probability.
+        membrane_truth: (H, W) ground-truth membrane mask (nonzero = membrane).
+        thresholds: thresholds applied to the interior map ``1 - membrane_probability``.
+
+    Returns:
+        ``{"v_rand": (T,), "v_info": (T,)}`` float64 arrays.
+    """
+    truth = connected_components(np.asarray(membrane_truth) == 0, connectivity=1)
+    interior = 1.0 - np.asarray(membrane_probability, dtype=np.float64)
+    scores = [foreground_restricted_scores(truth, thinned_segmentation(interior > t)) for t in thresholds]
+    return {key: np.array([s[key] for s in scores]) for key in ("v_rand", "v_info")}
+
+
+class IsbiScore(CumulativeIterationMetric):
+    """V_rand or V_info as a MONAI metric: per-slice scores, averaged over slices, best threshold kept.
+
+    With ``thresholds=[t]`` this is the score at the fixed threshold ``t``; with the default
+    :data:`CHALLENGE_THRESHOLDS` it is the challenge's max-over-thresholds number.
+
+    Inputs of ``__call__``: ``y_pred`` membrane probability and ``y`` membrane mask, (B, 1, H, W) or
+    lists of (1, H, W) tensors.
+    """
+
+    def __init__(self, score: str = "v_rand", thresholds: Sequence[float] = CHALLENGE_THRESHOLDS) -> None:
+        super().__init__()
+        if score not in ("v_rand", "v_info"):
+            raise ValueError(f"score must be 'v_rand' or 'v_info', got {score!r}")
+        self.score = score
+        self.thresholds = tuple(float(t) for t in thresholds)
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Returns (B, T) scores, one row per slice."""
+        if y is None:
+            raise ValueError("IsbiScore needs the ground-truth membrane mask `y`")
+        probabilities = y_pred.detach().float().cpu().numpy().reshape(-1, *y_pred.shape[-2:])
+        truths = y.detach().cpu().numpy().reshape(-1, *y.shape[-2:])
+        rows = [slice_scores(p, t, self.thresholds)[self.score] for p, t in zip(probabilities, truths)]
+        return torch.as_tensor(np.stack(rows), dtype=torch.float64)
+
+    def aggregate(self) -> torch.Tensor:
+        per_slice = self.get_buffer()
+        if not isinstance(per_slice, torch.Tensor) or per_slice.numel() == 0:
+            raise ValueError("IsbiScore has no slices to aggregate")
+        return per_slice.mean(dim=0).max()
