@@ -31,11 +31,15 @@ def _natural_key(path: Path) -> list:
 def _read_one_file(path: Path) -> np.ndarray:
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return tifffile.imread(path)
-        with Image.open(path) as image:
-            return np.asarray(image)
+            array = tifffile.imread(path)
+        else:
+            with Image.open(path) as image:
+                array = np.asarray(image)
     except Exception as error:  # tifffile/PIL raise many types for corrupt files
         raise StackError(f"{path}: cannot be read as an image ({type(error).__name__}: {error})") from error
+    if array.size == 0:
+        raise StackError(f"{path}: cannot be read as an image (no pixel data: corrupt or empty file)")
+    return array
 
 
 def _as_slices(array: np.ndarray, path: Path, per_slice_file: bool) -> np.ndarray:
@@ -83,7 +87,7 @@ def read_stack(path: str | Path) -> np.ndarray:
         return _as_slices(_read_one_file(path), path, per_slice_file=False)
     slices = [_as_slices(_read_one_file(f), f, per_slice_file=True)[0] for f in list_slice_files(path)]
     first = slices[0]
-    for file, image in zip(list_slice_files(path), slices):
+    for file, image in zip(list_slice_files(path), slices, strict=True):
         if image.shape != first.shape or image.dtype != first.dtype:
             raise StackError(
                 f"{file}: slice is {image.shape} {image.dtype}, but the first slice of {path} is "
@@ -102,9 +106,7 @@ def read_membrane_labels(path: str | Path) -> np.ndarray:
     values = np.unique(labels)
     if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
         shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
-        raise StackError(
-            f"{path}: labels must be binary (0 = membrane, 255 or 1 = interior), found values {shown}"
-        )
+        raise StackError(f"{path}: labels must be binary (0 = membrane, 255 or 1 = interior), found values {shown}")
     return (labels == 0).astype(np.uint8)
 
 
@@ -137,7 +139,9 @@ def heldout_block(num_slices: int, fold: int, num_folds: int) -> range:
     interleaved with training ones. With 30 slices and 5 folds, fold 4 holds out slices 24-29.
     """
     if num_folds < 2 or not 0 <= fold < num_folds:
-        raise ValueError(f"fold must be in [0, {num_folds}) with num_folds >= 2; got fold={fold}, num_folds={num_folds}")
+        raise ValueError(
+            f"fold must be in [0, {num_folds}) with num_folds >= 2; got fold={fold}, num_folds={num_folds}"
+        )
     if num_slices < num_folds:
         raise StackError(f"{num_slices} slices cannot be split into {num_folds} folds")
     edges = np.linspace(0, num_slices, num_folds + 1).round().astype(int)

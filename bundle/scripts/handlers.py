@@ -18,7 +18,9 @@ _CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 def latest_checkpoint(folder: str | Path) -> str:
     """The newest ``checkpoint_epoch=N.pt`` written by the training run in ``folder`` (for resuming)."""
     folder = Path(folder)
-    found = [(int(m.group(1)), p) for p in folder.glob("checkpoint_epoch=*.pt") if (m := _CHECKPOINT_PATTERN.search(p.name))]
+    found = [
+        (int(m.group(1)), p) for p in folder.glob("checkpoint_epoch=*.pt") if (m := _CHECKPOINT_PATTERN.search(p.name))
+    ]
     if not found:
         raise FileNotFoundError(
             f"{folder}: no checkpoint_epoch=N.pt to resume from; run training without --resume first "
@@ -78,7 +80,7 @@ class TrainingProgress:
 def _item_arrays(engine: Engine) -> list[dict]:
     """The current iteration's decollated items as numpy arrays: image, pred and (if present) label, slice."""
     items = []
-    for batch_item, output_item in zip(engine.state.batch, engine.state.output):
+    for batch_item, output_item in zip(engine.state.batch, engine.state.output, strict=True):
         item = {
             "slice": int(batch_item["slice"]),
             "image": batch_item["image"].detach().cpu().numpy()[0],
@@ -144,7 +146,9 @@ class StackWriter:
         challenge_submission: also write the ISBI 2012 submission stack.
     """
 
-    def __init__(self, output_dir: str | Path, name: str, threshold: float = 0.5, challenge_submission: bool = False) -> None:
+    def __init__(
+        self, output_dir: str | Path, name: str, threshold: float = 0.5, challenge_submission: bool = False
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.name = name
         self.threshold = threshold

@@ -89,10 +89,12 @@ def foreground_restricted_scores(truth: np.ndarray, proposal: np.ndarray) -> dic
         ``v_rand``, ``v_rand_split``, ``v_rand_merge``, ``v_info``, ``v_info_split``, ``v_info_merge``;
         all NaN when the ground truth has no foreground pixel.
     """
+    if not (truth > 0).any():
+        return dict.fromkeys(
+            ("v_rand", "v_rand_split", "v_rand_merge", "v_info", "v_info_split", "v_info_merge"), float("nan")
+        )
     pair_counts, truth_sizes, proposal_sizes, singletons = _contingency(truth, proposal)
     total = int(truth_sizes.sum())
-    if total == 0:
-        return dict.fromkeys(("v_rand", "v_rand_split", "v_rand_merge", "v_info", "v_info_split", "v_info_merge"), float("nan"))
     sum_pairs = float((pair_counts.astype(np.float64) ** 2).sum()) + singletons
     rand_split = sum_pairs / float((truth_sizes.astype(np.float64) ** 2).sum())
     rand_merge = sum_pairs / (float((proposal_sizes.astype(np.float64) ** 2).sum()) + singletons)
@@ -164,7 +166,7 @@ class IsbiScore(CumulativeIterationMetric):
             raise ValueError("IsbiScore needs the ground-truth membrane mask `y`")
         probabilities = y_pred.detach().float().cpu().numpy().reshape(-1, *y_pred.shape[-2:])
         truths = y.detach().cpu().numpy().reshape(-1, *y.shape[-2:])
-        rows = [slice_scores(p, t, self.thresholds)[self.score] for p, t in zip(probabilities, truths)]
+        rows = [slice_scores(p, t, self.thresholds)[self.score] for p, t in zip(probabilities, truths, strict=True)]
         return torch.as_tensor(np.stack(rows), dtype=torch.float64)
 
     def aggregate(self) -> torch.Tensor:

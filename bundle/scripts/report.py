@@ -115,7 +115,7 @@ def _figure_bytes(heldout: Sequence[dict], threshold: float, summary: dict, max_
     rows = list(heldout)[:max_rows]
     figure, axes = plt.subplots(len(rows), 5, figsize=(16, 3.4 * len(rows)), squeeze=False)
     scores = {row["slice"]: row for row in summary["per_slice"]}
-    for axis_row, item in zip(axes, rows):
+    for axis_row, item in zip(axes, rows, strict=True):
         predicted = item["pred"] >= 1.0 - threshold
         actual = item["label"] > 0
         overlay = np.repeat(item["image"][..., None], 3, axis=-1).astype(np.float32)
@@ -129,7 +129,7 @@ def _figure_bytes(heldout: Sequence[dict], threshold: float, summary: dict, max_
             (predicted, "gray", f"prediction (threshold {threshold:.1f})"),
             (overlay, None, f"errors: red extra, blue missed\nV_rand {scores[item['slice']]['v_rand']:.4f}"),
         ]
-        for axis, (panel, colour_map, title) in zip(axis_row, panels):
+        for axis, (panel, colour_map, title) in zip(axis_row, panels, strict=True):
             axis.imshow(panel, cmap=colour_map, interpolation="nearest")
             axis.set_title(title, fontsize=9)
             axis.axis("off")

@@ -1,0 +1,33 @@
+"""Shared fixtures: the bundle on sys.path (configs import it as ``scripts``) and small EM stacks made from
+crops of the shipped ISBI 2012 data."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+DATA = REPO / "data" / "isbi2012"
+sys.path.insert(0, str(BUNDLE))
+
+
+@pytest.fixture(scope="session")
+def tiny_stack_dir(tmp_path_factory) -> Path:
+    """10 slices of 96x96 cropped from the shipped training stack, in the shipped file layout."""
+    folder = tmp_path_factory.mktemp("tiny_isbi")
+    images = tifffile.imread(DATA / "train-volume.tif")[:10, 200:296, 200:296]
+    labels = tifffile.imread(DATA / "train-labels.tif")[:10, 200:296, 200:296]
+    tifffile.imwrite(folder / "train-volume.tif", images)
+    tifffile.imwrite(folder / "train-labels.tif", labels)
+    tifffile.imwrite(folder / "test-volume.tif", images[:3])
+    return folder
+
+
+def two_cells(width: int = 9, height: int = 4) -> np.ndarray:
+    """Ground-truth membrane mask (1 = membrane): two 4-pixel-wide cells separated by a membrane column."""
+    membrane = np.zeros((height, width), dtype=np.uint8)
+    membrane[:, width // 2] = 1
+    return membrane

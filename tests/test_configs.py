@@ -1,0 +1,138 @@
+"""The real bundle configs, run through `python -m monai.bundle` exactly as a user runs them, on tiny data.
+
+Each run is a subprocess from the bundle folder with overrides that shrink the data (10 slices of 96x96),
+patches, batch and schedule; nothing else about the configs is changed.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import BUNDLE
+from PIL import Image
+
+TRAIN = ["--config_file", "configs/train.json"]
+EVALUATE = ["--config_file", "['configs/train.json','configs/evaluate.json']"]
+INFER = ["--config_file", "configs/inference.json"]
+COMMON = ["--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf"]
+TINY_TRAINING = ["--patch_size", "[64,64]", "--batch_size", "2", "--iterations_per_epoch", "3", "--num_workers", "0"]
+
+
+def bundle_run(run_id: str, config: list[str], *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "monai.bundle", "run", run_id, *config, *COMMON, *overrides]
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_stack_dir):
+    """A 2-epoch training run on the tiny stack: (output_dir, ckpt_dir, log)."""
+    root = tmp_path_factory.mktemp("train")
+    output_dir, ckpt_dir = root / "run", root / "models"
+    result = bundle_run(
+        "training", TRAIN, "--dataset_dir", str(tiny_stack_dir), "--output_dir", str(output_dir),
+        "--ckpt_dir", str(ckpt_dir), "--max_epochs", "2", *TINY_TRAINING,
+    )  # fmt: skip
+    return output_dir, ckpt_dir, result.stdout
+
+
+def test_training_writes_best_and_latest_checkpoints_and_reports_progress(trained):
+    output_dir, ckpt_dir, log = trained
+    assert (ckpt_dir / "model.pt").is_file()
+    assert (output_dir / "checkpoint_epoch=2.pt").is_file()
+    assert "epoch 2/2 | loss" in log and "val_v_rand" in log and "ETA" in log
+    losses = [float(line.split("train_loss: ")[1].split()[0]) for line in log.splitlines() if "train_loss: " in line]
+    assert losses and np.isfinite(losses).all()
+    assert any(path.name.startswith("events.out.tfevents") for path in output_dir.iterdir())
+
+
+def test_resume_continues_from_the_latest_checkpoint(trained, tiny_stack_dir):
+    output_dir, ckpt_dir, _ = trained
+    result = bundle_run(
+        "training", TRAIN, "--dataset_dir", str(tiny_stack_dir), "--output_dir", str(output_dir),
+        "--ckpt_dir", str(ckpt_dir), "--max_epochs", "3", "--resume", "true", *TINY_TRAINING,
+    )  # fmt: skip
+    assert "checkpoint_epoch=2.pt" in result.stdout  # restored from the latest checkpoint
+    assert "epoch 3/3" in result.stdout and "epoch 1/3" not in result.stdout
+    assert (output_dir / "checkpoint_epoch=3.pt").is_file()
+
+
+def test_evaluate_writes_metrics_for_the_heldout_slices(trained, tiny_stack_dir, tmp_path):
+    _, ckpt_dir, _ = trained
+    bundle_run(
+        "evaluating", EVALUATE, "--dataset_dir", str(tiny_stack_dir), "--ckpt_dir", str(ckpt_dir),
+        "--output_dir", str(tmp_path),
+    )  # fmt: skip
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["slices"] == [8, 9]  # fold 4 of 5 over 10 slices
+    assert metrics["fixed_threshold_source"].startswith("best mean V_rand on the training slices [0, 1,")
+    for value in (*metrics["mean_at_fixed_threshold"].values(), metrics["max_over_thresholds"]["v_rand"]):
+        assert 0.0 <= value <= 1.0
+    assert metrics["max_over_thresholds"]["v_rand"] >= metrics["mean_at_fixed_threshold"]["v_rand"] - 1e-12
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[-1].startswith("mean,")
+    assert (tmp_path / "evaluation.png").stat().st_size > 0
+
+
+def test_inference_writes_probability_and_segmentation_stacks(trained, tiny_stack_dir, tmp_path):
+    _, ckpt_dir, _ = trained
+    bundle_run(
+        "inferring", INFER, "--dataset_dir", str(tiny_stack_dir), "--ckpt_dir", str(ckpt_dir),
+        "--output_dir", str(tmp_path), "--challenge_submission", "true",
+    )  # fmt: skip
+    probability = tifffile.imread(tmp_path / "test-volume_membrane_probability.tif")
+    segmentation = tifffile.imread(tmp_path / "test-volume_segmentation.tif")
+    submission = tifffile.imread(tmp_path / "test-volume_isbi2012_submission.tif")
+    assert probability.shape == segmentation.shape == (3, 96, 96)
+    assert probability.dtype == np.float32 and segmentation.dtype == np.uint8
+    assert 0.0 <= probability.min() and probability.max() <= 1.0
+    assert set(np.unique(segmentation)) <= {0, 255}
+    np.testing.assert_array_equal(segmentation == 255, 1.0 - probability > 0.5)
+    np.testing.assert_allclose(submission, 1.0 - probability)
+
+
+def test_inference_on_a_folder_of_png_slices_of_any_size(trained, tmp_path):
+    _, ckpt_dir, _ = trained
+    folder = tmp_path / "my_stack"
+    folder.mkdir()
+    images = tifffile.imread(BUNDLE.parent / "data" / "isbi2012" / "test-volume.tif")[:2, :70, :130]
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"section_{index}.png")
+    bundle_run(
+        "inferring",
+        INFER,
+        "--input_path",
+        str(folder),
+        "--ckpt_dir",
+        str(ckpt_dir),
+        "--output_dir",
+        str(tmp_path / "out"),
+    )
+    assert tifffile.imread(tmp_path / "out" / "my_stack_membrane_probability.tif").shape == (2, 70, 130)
+
+
+def test_corrupt_training_data_fails_before_anything_is_written(tiny_stack_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "train-volume.tif").write_bytes(b"II*\x00 truncated")
+    (broken / "train-labels.tif").write_bytes((tiny_stack_dir / "train-labels.tif").read_bytes())
+    result = bundle_run(
+        "training", TRAIN, "--dataset_dir", str(broken), "--output_dir", str(tmp_path / "run"),
+        "--ckpt_dir", str(tmp_path / "models"), check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"{broken / 'train-volume.tif'}: cannot be read as an image" in result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "models").exists()
+
+
+def test_inference_without_weights_fails_before_anything_is_written(tmp_path):
+    result = bundle_run(
+        "inferring", INFER, "--ckpt_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out"), check=False
+    )
+    assert result.returncode != 0
+    assert f"{tmp_path / 'nowhere' / 'model.pt'}: weights file not found" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,107 @@
+"""Reading stacks and folders, the errors bad inputs give, and the contiguous fold split."""
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import DATA
+from PIL import Image
+from scripts.data import (
+    StackError,
+    heldout_block,
+    load_labelled_stack,
+    load_unlabelled_stack,
+    read_membrane_labels,
+    read_stack,
+    split_slices,
+)
+
+
+def test_reads_the_shipped_stacks():
+    images = read_stack(DATA / "train-volume.tif")
+    assert images.shape == (30, 512, 512) and images.dtype == np.uint8
+    membrane = read_membrane_labels(DATA / "train-labels.tif")
+    assert set(np.unique(membrane)) == {0, 1}
+    assert 0.15 < membrane.mean() < 0.3  # ~22 % of the pixels are membrane
+
+
+def test_folder_of_png_slices_is_read_in_natural_order(tmp_path):
+    for index in (1, 2, 10):
+        Image.fromarray(np.full((8, 6), index, dtype=np.uint8)).save(tmp_path / f"slice_{index}.png")
+    (tmp_path / "notes.txt").write_text("ignored")
+    stack = read_stack(tmp_path)
+    assert stack.shape == (3, 8, 6)
+    assert stack[:, 0, 0].tolist() == [1, 2, 10]
+
+
+def test_single_slice_image_becomes_a_one_slice_stack(tmp_path):
+    tifffile.imwrite(tmp_path / "one.tif", np.zeros((5, 7), dtype=np.uint16))
+    assert read_stack(tmp_path / "one.tif").shape == (1, 5, 7)
+
+
+def test_labelled_stack_gives_one_item_per_slice_with_membrane_targets(tiny_stack_dir):
+    items = load_labelled_stack(tiny_stack_dir / "train-volume.tif", tiny_stack_dir / "train-labels.tif")
+    assert [item["slice"] for item in items] == list(range(10))
+    assert items[0]["image"].shape == items[0]["label"].shape == (96, 96)
+    raw = tifffile.imread(tiny_stack_dir / "train-labels.tif")[0]
+    np.testing.assert_array_equal(items[0]["label"], (raw == 0).astype(np.uint8))
+    assert [item["slice"] for item in load_unlabelled_stack(tiny_stack_dir / "test-volume.tif")] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p, "no such file"),
+        (lambda p: (p.mkdir(), p)[1], "holds no"),
+        (lambda p: (p.write_bytes(b"II*\x00 not really a tiff"), p)[1], "cannot be read"),
+        (lambda p: (tifffile.imwrite(p, np.zeros((16, 16, 3), np.uint8), photometric="rgb"), p)[1], "colour"),
+        (lambda p: (tifffile.imwrite(p, np.full((2, 4, 4), np.nan, np.float32)), p)[1], "NaN"),
+    ],
+    ids=["missing", "empty-folder", "corrupt", "rgb", "nan"],
+)
+def test_bad_images_fail_with_the_file_named(tmp_path, make, message):
+    path = make(tmp_path / "input.tif")
+    with pytest.raises(StackError, match=message) as error:
+        read_stack(path)
+    assert str(path) in str(error.value)
+
+
+def test_folder_slices_of_different_sizes_are_rejected(tmp_path):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a1.png")
+    Image.fromarray(np.zeros((8, 9), np.uint8)).save(tmp_path / "a2.png")
+    with pytest.raises(StackError, match="a2.png.*must match"):
+        read_stack(tmp_path)
+
+
+def test_non_binary_labels_are_rejected(tmp_path):
+    path = tmp_path / "labels.tif"
+    tifffile.imwrite(path, np.arange(16, dtype=np.uint8).reshape(1, 4, 4))
+    with pytest.raises(StackError, match="labels must be binary"):
+        read_membrane_labels(path)
+
+
+def test_image_and_label_stacks_must_match(tmp_path):
+    tifffile.imwrite(tmp_path / "images.tif", np.zeros((3, 8, 8), np.uint8))
+    tifffile.imwrite(tmp_path / "labels.tif", np.full((2, 8, 8), 255, np.uint8))
+    with pytest.raises(StackError, match=r"labels.tif.*\(2, 8, 8\).*images.tif.*\(3, 8, 8\)"):
+        load_labelled_stack(tmp_path / "images.tif", tmp_path / "labels.tif")
+
+
+def test_folds_are_contiguous_blocks_covering_every_slice_once():
+    assert heldout_block(30, 4, 5) == range(24, 30)
+    blocks = [heldout_block(30, fold, 5) for fold in range(5)]
+    assert sorted(z for block in blocks for z in block) == list(range(30))
+    assert all(len(block) == 6 for block in blocks)
+
+
+def test_split_separates_training_and_heldout_slices():
+    items = [{"slice": z} for z in range(10)]
+    heldout = split_slices(items, fold=1, num_folds=5, heldout=True)
+    training = split_slices(items, fold=1, num_folds=5, heldout=False)
+    assert [i["slice"] for i in heldout] == [2, 3]
+    assert [i["slice"] for i in training] == [0, 1, 4, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize(("fold", "num_folds"), [(5, 5), (-1, 5), (0, 1)])
+def test_invalid_folds_are_rejected(fold, num_folds):
+    with pytest.raises(ValueError, match="fold"):
+        heldout_block(30, fold, num_folds)

@@ -1,0 +1,102 @@
+"""Exact ISBI 2012 scores on hand-made label images (values worked out by hand in the comments)."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from conftest import two_cells
+from scripts.metrics import (
+    CHALLENGE_THRESHOLDS,
+    IsbiScore,
+    foreground_restricted_scores,
+    slice_scores,
+    thinned_segmentation,
+)
+
+
+def test_challenge_thresholds_match_the_official_double_accumulation():
+    assert len(CHALLENGE_THRESHOLDS) == 11
+    assert CHALLENGE_THRESHOLDS[0] == 0.0 and CHALLENGE_THRESHOLDS[3] == 0.1 + 0.1 + 0.1
+    assert CHALLENGE_THRESHOLDS[-1] < 1.0  # 0.9999999999999999, as the Java loop produces
+
+
+def test_perfect_prediction_scores_one():
+    truth = two_cells()
+    scores = slice_scores(truth.astype(float), truth, [0.5])
+    assert scores["v_rand"][0] == pytest.approx(1.0)
+    assert scores["v_info"][0] == pytest.approx(1.0)
+
+
+def test_merge_of_two_equal_cells():
+    # one proposal segment over two 16-pixel cells: sum n^2 = 2*16^2 = 512 = sum A^2, sum B^2 = 32^2
+    # split = 1, merge = 1/2, V_rand = 2/3; the proposal has zero entropy, which the official code scores 0
+    truth = two_cells()
+    scores = slice_scores(np.zeros(truth.shape), truth, [0.5])
+    assert scores["v_rand"][0] == pytest.approx(2 / 3)
+    assert scores["v_info"][0] == 0.0
+
+
+def test_split_by_a_one_pixel_line_counts_line_pixels_as_singletons():
+    # proposal adds a membrane line at column 1 inside the left cell: segments of 4 (col 0), 8 (cols 2-3),
+    # 16 (right cell) pixels plus 4 singleton line pixels, N = 32.
+    # V_rand: sum n^2 = 16 + 64 + 256 = 336, C = 4, sum A^2 = 512 -> split = 340/512, merge = 340/340 = 1
+    # V_info: H(T) = ln 2, H(S) = H(S,T) = ln2 * (3/8 + 2/4 + 1/2 + 5/8) = 2 ln 2, I = ln 2 -> 2 I / 3 ln 2 = 2/3
+    truth = two_cells()
+    proposal = truth.copy()
+    proposal[:, 1] = 1
+    scores = foreground_restricted_scores(_labels(truth), thinned_segmentation(proposal == 0))
+    split = Fraction(340, 512)
+    assert scores["v_rand_split"] == pytest.approx(float(split))
+    assert scores["v_rand_merge"] == pytest.approx(1.0)
+    assert scores["v_rand"] == pytest.approx(float(2 * split / (split + 1)))
+    assert scores["v_info"] == pytest.approx(2 / 3)
+    assert slice_scores(proposal.astype(float), truth, [0.5])["v_rand"][0] == pytest.approx(scores["v_rand"])
+
+
+def _labels(membrane: np.ndarray) -> np.ndarray:
+    from skimage.measure import label
+
+    return label(membrane == 0, connectivity=1)
+
+
+def test_thinning_leaves_one_pixel_lines_and_gives_membrane_to_the_cells():
+    interior = np.ones((6, 12), dtype=bool)
+    interior[:, 5:8] = False  # 3-pixel-wide membrane between two cells
+    segments = thinned_segmentation(interior)
+    assert set(np.unique(segments)) == {0, 1, 2}
+    assert ((segments == 0).sum(axis=1) == 1).all()
+
+
+def test_thinning_without_any_interior_is_all_boundary():
+    assert (thinned_segmentation(np.zeros((5, 5), dtype=bool)) == 0).all()
+
+
+def test_threshold_is_applied_to_the_interior_map():
+    truth = two_cells()
+    probability = truth * 0.7  # membrane 0.7 -> interior 0.3 on the membrane column
+    scores = slice_scores(probability, truth, [0.2, 0.5])
+    assert scores["v_rand"][0] == pytest.approx(2 / 3)  # interior 0.3 > 0.2: membrane missed, cells merged
+    assert scores["v_rand"][1] == pytest.approx(1.0)
+
+
+def test_ground_truth_without_foreground_gives_nan():
+    membrane = np.ones((4, 4), dtype=np.uint8)
+    assert np.isnan(slice_scores(np.zeros((4, 4)), membrane, [0.5])["v_rand"][0])
+
+
+def test_isbi_score_averages_slices_and_keeps_the_best_threshold():
+    truth = torch.as_tensor(two_cells(), dtype=torch.float32)[None, None]
+    perfect, merged = truth.clone(), torch.zeros_like(truth)
+    metric = IsbiScore("v_rand", thresholds=[0.5])
+    metric(y_pred=torch.cat([perfect, merged]), y=torch.cat([truth, truth]))
+    assert metric.aggregate().item() == pytest.approx((1 + 2 / 3) / 2)
+
+    best_of_two = IsbiScore("v_rand", thresholds=[0.2, 0.5])
+    best_of_two(y_pred=truth * 0.7, y=truth)
+    assert best_of_two.aggregate().item() == pytest.approx(1.0)
+
+
+def test_isbi_score_rejects_unknown_scores():
+    with pytest.raises(ValueError, match="v_rand"):
+        IsbiScore("dice")

@@ -1,0 +1,63 @@
+"""Evaluation report: threshold calibration, summary numbers and the files written."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import two_cells
+from scripts.report import choose_threshold, evaluation_summary, write_evaluation_report
+
+
+def _item(slice_index, probability, truth):
+    return {
+        "slice": slice_index,
+        "image": np.random.default_rng(0).random(truth.shape),
+        "label": truth,
+        "pred": probability,
+    }
+
+
+def test_threshold_is_chosen_where_training_slices_score_best():
+    truth = two_cells()
+    # membrane predicted at 0.7: any threshold >= 0.3 on the interior map finds it, 0.0-0.2 merge the cells
+    items = [_item(0, truth * 0.7, truth)]
+    assert choose_threshold(items, thresholds=(0.0, 0.2, 0.4, 0.6)) == 0.4
+
+
+def test_summary_reports_fixed_threshold_and_max_over_thresholds():
+    truth = two_cells()
+    items = [_item(3, truth * 0.7, truth), _item(4, np.zeros(truth.shape), truth)]
+    summary = evaluation_summary(items, threshold=0.5, thresholds=(0.0, 0.5))
+    assert summary["slices"] == [3, 4]
+    assert summary["mean_at_fixed_threshold"]["v_rand"] == pytest.approx((1 + 2 / 3) / 2)
+    assert summary["max_over_thresholds"]["v_rand"] == pytest.approx((1 + 2 / 3) / 2)
+    assert summary["max_over_thresholds"]["v_rand_threshold"] == 0.5
+    assert summary["mean_curve"]["v_rand"][0] == pytest.approx(2 / 3)
+    # membrane at p >= 0.5: slice 3 is exact, slice 4 misses the 4 membrane pixels of 36
+    assert summary["per_slice"][0]["pixel_accuracy"] == 1.0
+    assert summary["per_slice"][1]["pixel_accuracy"] == pytest.approx(32 / 36)
+    assert summary["per_slice"][1]["membrane_dice"] == 0.0
+
+
+def test_report_files_are_written(tmp_path):
+    truth = two_cells(width=33, height=32)
+    heldout = [_item(7, truth * 0.9, truth)]
+    calibration = [_item(0, truth * 0.9, truth)]
+    summary = write_evaluation_report(heldout, calibration, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["evaluation.png", "metrics.csv", "metrics.json"]
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == json.loads(json.dumps(summary))
+    assert "training slices [0]" in summary["fixed_threshold_source"]
+    rows = list(csv.DictReader((tmp_path / "out" / "metrics.csv").open()))
+    assert [row["slice"] for row in rows] == ["7", "mean"]
+    assert float(rows[-1]["v_rand"]) == pytest.approx(1.0)
+    assert (tmp_path / "out" / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_needs_slices_and_a_threshold_source(tmp_path):
+    truth = two_cells()
+    with pytest.raises(ValueError, match="no held-out"):
+        write_evaluation_report([], None, tmp_path)
+    with pytest.raises(ValueError, match="no threshold"):
+        write_evaluation_report([_item(0, truth, truth)], [], tmp_path)
+    assert not any(tmp_path.iterdir())
