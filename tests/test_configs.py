@@ -60,6 +60,16 @@ def test_resume_continues_from_the_latest_checkpoint(trained, tiny_stack_dir):
     assert "checkpoint_epoch=2.pt" in result.stdout  # restored from the latest checkpoint
     assert "epoch 3/3" in result.stdout and "epoch 1/3" not in result.stdout
     assert (output_dir / "checkpoint_epoch=3.pt").is_file()
+    # the best held-out score so far survives the restart, so model.pt is only replaced by a better model
+    progress = next(line for line in result.stdout.splitlines() if "epoch 3/3 | loss" in line)
+    latest = float(progress.split("val_v_rand ")[1].split()[0])
+    best = float(progress.split("(best ")[1].split()[0])
+    assert best == pytest.approx(max(latest, best_v_rand(trained[2])), abs=1e-4)
+
+
+def best_v_rand(log: str) -> float:
+    lines = [line for line in log.splitlines() if "Key metric: val_v_rand best value: " in line]
+    return float(lines[-1].split("best value: ")[1].split()[0])
 
 
 def test_evaluate_writes_metrics_for_the_heldout_slices(trained, tiny_stack_dir, tmp_path):

@@ -5,6 +5,7 @@ import pytest
 import tifffile
 from conftest import DATA
 from PIL import Image
+
 from scripts.data import (
     StackError,
     heldout_block,

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from scripts.handlers import latest_checkpoint, load_weights
 
 

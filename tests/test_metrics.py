@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import two_cells
+
 from scripts.metrics import (
     CHALLENGE_THRESHOLDS,
     IsbiScore,

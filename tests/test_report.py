@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 from conftest import two_cells
+
 from scripts.report import choose_threshold, evaluation_summary, write_evaluation_report
 
 

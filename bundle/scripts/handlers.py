@@ -29,6 +29,36 @@ def latest_checkpoint(folder: str | Path) -> str:
     return str(max(found)[1])
 
 
+class BestMetricState:
+    """Makes the evaluator's best key metric part of a resumable checkpoint.
+
+    Ignite saves an engine's epoch and iteration but not MONAI's ``best_metric``, nor which score the
+    key-metric :class:`monai.handlers.CheckpointSaver` last saved ``model.pt`` at; without them a resumed run
+    would overwrite ``model.pt`` with its first, possibly worse, model. Put this object in the checkpoint's
+    ``save_dict`` / ``load_dict`` next to the model and optimizer.
+
+    Args:
+        evaluator: the validation engine.
+        saver: the key-metric ``CheckpointSaver`` attached to it.
+    """
+
+    def __init__(self, evaluator: Engine, saver) -> None:
+        self.evaluator = evaluator
+        self.saver = saver
+
+    def state_dict(self) -> dict:
+        return {
+            "best_metric": self.evaluator.state.best_metric,
+            "best_metric_epoch": self.evaluator.state.best_metric_epoch,
+            "saved": self.saver._key_metric_checkpoint.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.evaluator.state.best_metric = state["best_metric"]
+        self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
+        self.saver._key_metric_checkpoint.load_state_dict(state["saved"])
+
+
 class TrainingProgress:
     """Logs one line per epoch: loss, latest and best key metric, learning rate, elapsed time and ETA.
 

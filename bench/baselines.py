@@ -1,0 +1,47 @@
+"""Scores of trivial predictions on the held-out slices, to put the model's numbers in scale.
+
+Usage: python bench/baselines.py [--fold 4]
+
+"all interior" predicts no membrane at all; "ground truth" feeds the labels back as the prediction
+(must score 1.0: a check of the metric code on real data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bundle"))
+
+from scripts.data import load_labelled_stack, split_slices  # noqa: E402
+from scripts.report import evaluation_summary  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fold", type=int, default=4)
+    args = parser.parse_args()
+    data = REPO / "data" / "isbi2012"
+    items = split_slices(load_labelled_stack(data / "train-volume.tif", data / "train-labels.tif"), args.fold, 5, True)
+    predictions = {
+        "all interior": lambda item: np.zeros(item["label"].shape, dtype=np.float32),
+        "ground truth": lambda item: item["label"].astype(np.float32),
+    }
+    print(f"held-out slices {[item['slice'] for item in items]}, threshold 0.5")
+    print("| prediction | pixel accuracy | membrane Dice | V_rand | V_info |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, predict in predictions.items():
+        scored = [{**item, "pred": predict(item)} for item in items]
+        mean = evaluation_summary(scored, threshold=0.5, thresholds=(0.5,))["mean_at_fixed_threshold"]
+        print(
+            f"| {name} | {mean['pixel_accuracy']:.4f} | {mean['membrane_dice']:.4f} | "
+            f"{mean['v_rand']:.4f} | {mean['v_info']:.4f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
