@@ -88,6 +88,19 @@ def test_evaluate_writes_metrics_for_the_heldout_slices(trained, tiny_stack_dir,
     assert (tmp_path / "evaluation.png").stat().st_size > 0
 
 
+def test_evaluate_with_a_given_threshold_and_test_time_augmentation(trained, tiny_stack_dir, tmp_path):
+    _, ckpt_dir, _ = trained
+    common = ["--dataset_dir", str(tiny_stack_dir), "--ckpt_dir", str(ckpt_dir), "--evaluation_threshold", "0.3"]
+    bundle_run("evaluating", EVALUATE, *common, "--output_dir", str(tmp_path / "plain"))
+    bundle_run(
+        "evaluating", EVALUATE, *common, "--output_dir", str(tmp_path / "tta"), "--test_time_augmentation", "true"
+    )
+    plain, averaged = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("plain", "tta"))
+    assert plain["fixed_threshold"] == averaged["fixed_threshold"] == 0.3
+    assert plain["fixed_threshold_source"] == "given"
+    assert plain["mean_curve"] != averaged["mean_curve"]  # the 8-view average changed the predictions
+
+
 def test_inference_writes_probability_and_segmentation_stacks(trained, tiny_stack_dir, tmp_path):
     _, ckpt_dir, _ = trained
     bundle_run(
@@ -112,17 +125,15 @@ def test_inference_on_a_folder_of_png_slices_of_any_size(trained, tmp_path):
     images = tifffile.imread(BUNDLE.parent / "data" / "isbi2012" / "test-volume.tif")[:2, :70, :130]
     for index, image in enumerate(images):
         Image.fromarray(image).save(folder / f"section_{index}.png")
-    bundle_run(
-        "inferring",
-        INFER,
-        "--input_path",
-        str(folder),
-        "--ckpt_dir",
-        str(ckpt_dir),
-        "--output_dir",
-        str(tmp_path / "out"),
-    )
-    assert tifffile.imread(tmp_path / "out" / "my_stack_membrane_probability.tif").shape == (2, 70, 130)
+    common = ["--input_path", str(folder), "--ckpt_dir", str(ckpt_dir)]
+    bundle_run("inferring", INFER, *common, "--output_dir", str(tmp_path / "plain"))
+    plain = tifffile.imread(tmp_path / "plain" / "my_stack_membrane_probability.tif")
+    assert plain.shape == (2, 70, 130)
+    bundle_run("inferring", INFER, *common, "--output_dir", str(tmp_path / "tta"), "--test_time_augmentation", "true")
+    averaged = tifffile.imread(tmp_path / "tta" / "my_stack_membrane_probability.tif")
+    assert averaged.shape == plain.shape and not np.allclose(averaged, plain)
+    bundle_run("inferring", INFER, *common, "--output_dir", str(tmp_path / "off"), "--test_time_augmentation", "false")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "off" / "my_stack_membrane_probability.tif"), plain)
 
 
 def test_corrupt_training_data_fails_before_anything_is_written(tiny_stack_dir, tmp_path):
@@ -146,3 +157,38 @@ def test_inference_without_weights_fails_before_anything_is_written(tmp_path):
     assert result.returncode != 0
     assert f"{tmp_path / 'nowhere' / 'model.pt'}: weights file not found" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({}, "DiceCELoss"),
+        ({"loss": "$torch.nn.BCEWithLogitsLoss()"}, "BCEWithLogitsLoss"),
+        ({"loss": "$monai.losses.DiceLoss(sigmoid=True)"}, "DiceLoss"),
+    ],
+)
+def test_documented_loss_overrides(override, expected):
+    assert type(parsed_train_config(override).get_parsed_content("loss")).__name__ == expected
+
+
+@pytest.mark.parametrize("optimizer", ["torch.optim.Adam", "torch.optim.SGD", "torch.optim.Adagrad"])
+def test_documented_optimizer_overrides(optimizer):
+    config = parsed_train_config({"optimizer#_target_": optimizer, "learning_rate": 1e-4})
+    built = config.get_parsed_content("optimizer")
+    assert f"{type(built).__module__}.{type(built).__name__}".endswith(optimizer.split(".")[-1])
+    assert built.param_groups[0]["lr"] == 1e-4
+
+
+@pytest.mark.parametrize(("device", "amp"), [("cpu", False), ("cuda", True), ("cuda:1", True)])
+def test_amp_follows_the_device_in_use(device, amp):
+    assert parsed_train_config({"device": device}).get_parsed_content("amp") is amp
+
+
+def parsed_train_config(override: dict):
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser()
+    config.read_config(BUNDLE / "configs" / "train.json")
+    config["bundle_root"] = str(BUNDLE)
+    config.update(override)
+    return config

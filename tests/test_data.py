@@ -56,14 +56,30 @@ def test_labelled_stack_gives_one_item_per_slice_with_membrane_targets(tiny_stac
         (lambda p: (p.write_bytes(b"II*\x00 not really a tiff"), p)[1], "cannot be read"),
         (lambda p: (tifffile.imwrite(p, np.zeros((16, 16, 3), np.uint8), photometric="rgb"), p)[1], "colour"),
         (lambda p: (tifffile.imwrite(p, np.full((2, 4, 4), np.nan, np.float32)), p)[1], "NaN"),
+        (lambda p: (_truncated_stack(p), p)[1], "cannot be read|corrupt or truncated"),
+        (lambda p: (tifffile.imwrite(p, np.zeros((16, 16), np.uint8), colormap=_GREY_MAP), p)[1], "palette"),
+        (lambda p: (Image.new("P", (8, 8)).save(p.with_suffix(".png")), p.with_suffix(".png"))[1], "P-mode"),
     ],
-    ids=["missing", "empty-folder", "corrupt", "rgb", "nan"],
+    ids=["missing", "empty-folder", "corrupt", "rgb", "nan", "truncated", "palette-tiff", "palette-png"],
 )
 def test_bad_images_fail_with_the_file_named(tmp_path, make, message):
     path = make(tmp_path / "input.tif")
     with pytest.raises(StackError, match=message) as error:
         read_stack(path)
     assert str(path) in str(error.value)
+
+
+def _truncated_stack(path):
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (5, 64, 64), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+_GREY_MAP = np.tile(np.arange(256, dtype=np.uint16) * 257, (3, 1))
+
+
+def test_a_three_slice_stack_is_not_mistaken_for_colour(tmp_path):
+    tifffile.imwrite(tmp_path / "three.tif", np.zeros((3, 32, 32), np.uint8))  # tifffile tags this planar RGB
+    assert read_stack(tmp_path / "three.tif").shape == (3, 32, 32)
 
 
 def test_folder_slices_of_different_sizes_are_rejected(tmp_path):

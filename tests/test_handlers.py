@@ -1,20 +1,47 @@
 """Resume-checkpoint lookup and weight loading errors (the engines' handlers run in test_configs.py)."""
 
+import os
+
 import pytest
 import torch
+from ignite.engine import Engine
+from monai.handlers import CheckpointSaver
 
-from scripts.handlers import latest_checkpoint, load_weights
+from scripts.handlers import BestMetricState, latest_checkpoint, load_weights
 
 
-def test_latest_checkpoint_is_the_highest_epoch(tmp_path):
-    for epoch in (2, 10, 9):
-        (tmp_path / f"checkpoint_epoch={epoch}.pt").write_bytes(b"")
-    (tmp_path / "model.pt").write_bytes(b"")
-    assert latest_checkpoint(tmp_path).endswith("checkpoint_epoch=10.pt")
+def test_latest_checkpoint_is_the_newest_complete_one(tmp_path):
+    for age, epoch in enumerate((10, 3, 4)):  # an older run reached epoch 10; this run wrote 3, then 4
+        path = tmp_path / f"checkpoint_epoch={epoch}.pt"
+        torch.save({"epoch": epoch}, path)
+        os.utime(path, (1000 + age, 1000 + age))
+    torch.save({}, tmp_path / "model.pt")
+    assert latest_checkpoint(tmp_path).endswith("checkpoint_epoch=4.pt")
+    newest = tmp_path / "checkpoint_epoch=5.pt"
+    newest.write_bytes((tmp_path / "checkpoint_epoch=4.pt").read_bytes()[:100])  # cut short by a crash
+    assert latest_checkpoint(tmp_path).endswith("checkpoint_epoch=4.pt")
+
+
+def test_best_metric_state_round_trip(tmp_path):
+    def evaluator_and_saver():
+        evaluator = Engine(lambda engine, batch: None)
+        evaluator.state.best_metric, evaluator.state.best_metric_epoch = -1, -1
+        saver = CheckpointSaver(str(tmp_path), {"model": torch.nn.Linear(1, 1)}, save_key_metric=True)
+        return evaluator, saver
+
+    evaluator, saver = evaluator_and_saver()
+    evaluator.state.best_metric, evaluator.state.best_metric_epoch = 0.93, 7
+    saver._key_metric_checkpoint.load_state_dict({"_saved": [(0.93, "model.pt")]})
+    state = BestMetricState(evaluator, saver).state_dict()
+
+    restored_evaluator, restored_saver = evaluator_and_saver()
+    BestMetricState(restored_evaluator, restored_saver).load_state_dict(state)
+    assert (restored_evaluator.state.best_metric, restored_evaluator.state.best_metric_epoch) == (0.93, 7)
+    assert restored_saver._key_metric_checkpoint.state_dict() == saver._key_metric_checkpoint.state_dict()
 
 
 def test_latest_checkpoint_explains_when_there_is_none(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint_epoch=N.pt to resume from"):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint_epoch=N.pt to resume from"):
         latest_checkpoint(tmp_path)
 
 

@@ -36,6 +36,9 @@ def test_merge_of_two_equal_cells():
     scores = slice_scores(np.zeros(truth.shape), truth, [0.5])
     assert scores["v_rand"][0] == pytest.approx(2 / 3)
     assert scores["v_info"][0] == 0.0
+    merged = foreground_restricted_scores(_labels(truth), np.ones(truth.shape, dtype=int))
+    assert (merged["v_rand_split"], merged["v_rand_merge"]) == (pytest.approx(1.0), pytest.approx(0.5))
+    assert (merged["v_info_split"], merged["v_info_merge"]) == (0.0, 1.0)  # the official zero-entropy case
 
 
 def test_split_by_a_one_pixel_line_counts_line_pixels_as_singletons():
@@ -52,6 +55,8 @@ def test_split_by_a_one_pixel_line_counts_line_pixels_as_singletons():
     assert scores["v_rand_merge"] == pytest.approx(1.0)
     assert scores["v_rand"] == pytest.approx(float(2 * split / (split + 1)))
     assert scores["v_info"] == pytest.approx(2 / 3)
+    assert scores["v_info_split"] == pytest.approx(1 / 2)  # I / H(S) = ln 2 / 2 ln 2
+    assert scores["v_info_merge"] == pytest.approx(1.0)  # I / H(T)
     assert slice_scores(proposal.astype(float), truth, [0.5])["v_rand"][0] == pytest.approx(scores["v_rand"])
 
 

@@ -9,6 +9,7 @@ target is the **membrane** mask (1 = membrane), because membrane is what the net
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -28,13 +29,53 @@ def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
+GRAYSCALE_PIL_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+class _LogRecorder(logging.Handler):
+    """Collects what tifffile logs while reading: it reports broken pages by logging, not raising."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    recorder, tiff_logger = _LogRecorder(), logging.getLogger("tifffile")
+    tiff_logger.addHandler(recorder)
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            if not tiff.pages:
+                raise StackError(f"{path}: cannot be read as an image (no TIFF pages)")
+            # RGB is not rejected here: tifffile stores a plain 3- or 4-slice grayscale stack as planar RGB(A)
+            # unless told otherwise; interleaved colour is rejected by shape in _as_slices
+            if getattr(tiff.pages[0], "photometric", None) == tifffile.PHOTOMETRIC.PALETTE:
+                raise StackError(f"{path}: is a palette (colour-map) TIFF; expected single-channel grayscale slices")
+            array = tiff.asarray()
+    finally:
+        tiff_logger.removeHandler(recorder)
+    if recorder.messages:
+        raise StackError(f"{path}: corrupt or truncated TIFF ({'; '.join(recorder.messages[:3])})")
+    return array
+
+
 def _read_one_file(path: Path) -> np.ndarray:
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            array = tifffile.imread(path)
+            array = _read_tiff(path)
         else:
             with Image.open(path) as image:
+                if image.mode not in GRAYSCALE_PIL_MODES:
+                    raise StackError(
+                        f"{path}: is a {image.mode}-mode image; expected single-channel grayscale slices, "
+                        "not colour or palette images"
+                    )
                 array = np.asarray(image)
+    except StackError:
+        raise
     except Exception as error:  # tifffile/PIL raise many types for corrupt files
         raise StackError(f"{path}: cannot be read as an image ({type(error).__name__}: {error})") from error
     if array.size == 0:

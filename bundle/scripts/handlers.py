@@ -7,6 +7,7 @@ import io
 import logging
 import re
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -16,17 +17,24 @@ _CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
 
 def latest_checkpoint(folder: str | Path) -> str:
-    """The newest ``checkpoint_epoch=N.pt`` written by the training run in ``folder`` (for resuming)."""
+    """The most recently written complete ``checkpoint_epoch=N.pt`` in ``folder`` (for resuming).
+
+    Newest by modification time, so a second run into the same folder resumes from its own checkpoints
+    rather than from an older run's higher epoch; a file cut short by a crash during saving is skipped.
+    """
     folder = Path(folder)
-    found = [
-        (int(m.group(1)), p) for p in folder.glob("checkpoint_epoch=*.pt") if (m := _CHECKPOINT_PATTERN.search(p.name))
-    ]
-    if not found:
-        raise FileNotFoundError(
-            f"{folder}: no checkpoint_epoch=N.pt to resume from; run training without --resume first "
-            "or point --output_dir at the interrupted run's folder"
-        )
-    return str(max(found)[1])
+    candidates = sorted(
+        (p for p in folder.glob("checkpoint_epoch=*.pt") if _CHECKPOINT_PATTERN.search(p.name)),
+        key=lambda p: (p.stat().st_mtime, int(_CHECKPOINT_PATTERN.search(p.name).group(1))),
+        reverse=True,
+    )
+    for path in candidates:
+        if zipfile.is_zipfile(path):  # torch.save writes a zip archive; a truncated one has no directory
+            return str(path)
+    raise FileNotFoundError(
+        f"{folder}: no complete checkpoint_epoch=N.pt to resume from; run training without --resume first "
+        "or point --output_dir at the interrupted run's folder"
+    )
 
 
 class BestMetricState:
@@ -43,6 +51,8 @@ class BestMetricState:
     """
 
     def __init__(self, evaluator: Engine, saver) -> None:
+        # `_key_metric_checkpoint` is CheckpointSaver's ignite Checkpoint (monai 1.6.1, pinned);
+        # tests/test_handlers.py fails if that changes
         self.evaluator = evaluator
         self.saver = saver
 
@@ -60,9 +70,10 @@ class BestMetricState:
 
 
 class TrainingProgress:
-    """Logs one line per epoch: loss, latest and best key metric, learning rate, elapsed time and ETA.
+    """Logs one line per epoch: mean loss, learning rate, latest and best key metric, elapsed time and ETA.
 
-    Attach after the ``ValidationHandler`` so the line shows the validation that just ran.
+    Attach after the ``ValidationHandler`` so the line shows the validation that just ran; the metric is
+    only shown on epochs that ran a validation.
 
     Args:
         key_metric: name of the evaluator's key metric to report (e.g. ``"val_v_rand"``).
@@ -75,34 +86,43 @@ class TrainingProgress:
         self.evaluator = evaluator
         self.logger = logging.getLogger(name)
         self._start: float | None = None
-        self._start_epoch = 0
+        self._first_epoch = 0
+        self._losses: list[float] = []
+        self._lr: float | None = None
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
 
-    def _started(self, engine: Engine) -> None:
-        self._start = time.perf_counter()
-        self._start_epoch = engine.state.epoch
+    def _epoch_started(self, engine: Engine) -> None:
+        if self._start is None:  # first epoch of this process, after any checkpoint was restored
+            self._start = time.perf_counter()
+            self._first_epoch = engine.state.epoch - 1
+        self._losses = []
+        optimizer = getattr(engine, "optimizer", None)
+        self._lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+
+    def _iteration_completed(self, engine: Engine) -> None:
+        output = engine.state.output
+        if isinstance(output, list) and output and "loss" in output[0]:
+            self._losses.append(float(output[0]["loss"]))
 
     def _epoch_completed(self, engine: Engine) -> None:
         state = engine.state
         elapsed = time.perf_counter() - (self._start or time.perf_counter())
-        done = max(state.epoch - self._start_epoch, 1)
-        remaining = elapsed / done * (state.max_epochs - state.epoch)
+        remaining = elapsed / max(state.epoch - self._first_epoch, 1) * (state.max_epochs - state.epoch)
         parts = [f"epoch {state.epoch}/{state.max_epochs}"]
-        loss = state.output[0]["loss"] if isinstance(state.output, list) else None
-        if loss is not None:
-            parts.append(f"loss {float(loss):.4f}")
-        metrics = self.evaluator.state.metrics
-        if self.key_metric in metrics:
+        if self._losses:
+            parts.append(f"loss {sum(self._losses) / len(self._losses):.4f}")
+        validated = self.evaluator.state.epoch == state.epoch
+        if validated and self.key_metric in self.evaluator.state.metrics:
             parts.append(
-                f"{self.key_metric} {metrics[self.key_metric]:.4f} "
+                f"{self.key_metric} {self.evaluator.state.metrics[self.key_metric]:.4f} "
                 f"(best {self.evaluator.state.best_metric:.4f} at epoch {self.evaluator.state.best_metric_epoch})"
             )
-        optimizer = getattr(engine, "optimizer", None)
-        if optimizer is not None:
-            parts.append(f"lr {optimizer.param_groups[0]['lr']:.2e}")
+        if self._lr is not None:
+            parts.append(f"lr {self._lr:.2e}")
         parts.append(f"elapsed {elapsed / 60:.1f} min, ETA {remaining / 60:.1f} min")
         self.logger.info(" | ".join(parts))
 
@@ -194,7 +214,7 @@ class StackWriter:
         import numpy as np
         import tifffile
 
-        from .report import _atomic_write
+        from .report import atomic_write
 
         probability = np.stack([item["pred"] for item in self.collector.items]).astype(np.float32)
         stacks = {
@@ -208,7 +228,7 @@ class StackWriter:
             buffer = io.BytesIO()
             tifffile.imwrite(buffer, stack, compression="zlib", metadata={"axes": "ZYX"})
             path = self.output_dir / f"{self.name}_{suffix}.tif"
-            _atomic_write(path, buffer.getvalue())
+            atomic_write(path, buffer.getvalue())
             self.written.append(path)
         logging.getLogger("StackWriter").info(
             "wrote %s (%d slices of %dx%d)", ", ".join(str(p) for p in self.written), *probability.shape

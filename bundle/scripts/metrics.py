@@ -14,7 +14,8 @@ This follows the official evaluation (Arganda-Carreras et al., Front. Neuroanat.
       V_rand_split = (sum n_ij^2 + C) / sum A_i^2
       V_rand_merge = (sum n_ij^2 + C) / (sum B_j^2 + C)
       V_rand = 2 * split * merge / (split + merge)
-      V_info = 2 I(S;T) / (H(S) + H(T))      (probabilities p = count / N, singletons p = 1 / N)
+      V_info_split = I(S;T) / H(S),  V_info_merge = I(S;T) / H(T)   (S proposal, T ground truth;
+      probabilities p = count / N, singletons p = 1 / N),  V_info = 2 I(S;T) / (H(S) + H(T))
 
 * scores are computed per 2D slice and averaged over slices; the challenge number is the maximum over
   thresholds 0.0, 0.1, ..., 1.0 of that mean.
@@ -75,7 +76,7 @@ def _contingency(truth: np.ndarray, proposal: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _f_score(a: float, b: float) -> float:
-    return 2 * a * b / (a + b) if a + b > 0 else float("nan")
+    return 2 * a * b / (a + b) if a + b > 0 else 0.0
 
 
 def foreground_restricted_scores(truth: np.ndarray, proposal: np.ndarray) -> dict[str, float]:
@@ -107,12 +108,13 @@ def foreground_restricted_scores(truth: np.ndarray, proposal: np.ndarray) -> dic
     truth_entropy = -plogp(truth_sizes)
     proposal_entropy = -(plogp(proposal_sizes) + singleton_term)
     joint_entropy = -(plogp(pair_counts) + singleton_term)
-    mutual_information = truth_entropy + proposal_entropy - joint_entropy
-    # the official code's conventions for segmentations with zero entropy (one segment)
+    mutual_information = max(truth_entropy + proposal_entropy - joint_entropy, 0.0)  # >= 0 but for rounding
+    # splitting a cell raises H(S), merging cells lowers I relative to H(T); the official code's
+    # conventions for a segmentation with zero entropy (a single segment) follow
     info_split, info_merge = (
-        (mutual_information / truth_entropy, mutual_information / proposal_entropy)
+        (mutual_information / proposal_entropy, mutual_information / truth_entropy)
         if truth_entropy > 0 and proposal_entropy > 0
-        else ((0.0, 1.0) if proposal_entropy > 0 else (1.0, 0.0))
+        else ((1.0, 0.0) if proposal_entropy > 0 else (0.0, 1.0))
     )
     return {
         "v_rand": _f_score(rand_split, rand_merge),
@@ -173,4 +175,5 @@ class IsbiScore(CumulativeIterationMetric):
         per_slice = self.get_buffer()
         if not isinstance(per_slice, torch.Tensor) or per_slice.numel() == 0:
             raise ValueError("IsbiScore has no slices to aggregate")
-        return per_slice.mean(dim=0).max()
+        # a slice whose ground truth has no cell interior scores NaN and is left out of the mean
+        return per_slice.nanmean(dim=0).max()

@@ -20,7 +20,7 @@ import numpy as np
 from .metrics import CHALLENGE_THRESHOLDS, slice_scores
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, so an interrupted run leaves no partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -171,7 +171,7 @@ def write_evaluation_report(
     summary = evaluation_summary(heldout, threshold, thresholds)
     summary["fixed_threshold_source"] = source
     output_dir = Path(output_dir)
-    _atomic_write(output_dir / "metrics.json", (json.dumps(summary, indent=4) + "\n").encode())
-    _atomic_write(output_dir / "metrics.csv", _csv_bytes(summary))
-    _atomic_write(output_dir / "evaluation.png", _figure_bytes(heldout, threshold, summary))
+    atomic_write(output_dir / "metrics.json", (json.dumps(summary, indent=4) + "\n").encode())
+    atomic_write(output_dir / "metrics.csv", _csv_bytes(summary))
+    atomic_write(output_dir / "evaluation.png", _figure_bytes(heldout, threshold, summary))
     return summary
