@@ -31,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("logs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix")
+    parser.add_argument("--labels", nargs="+", help="legend label per log (default: file names)")
     args = parser.parse_args()
 
     import matplotlib
@@ -40,17 +41,22 @@ def main() -> None:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure, axis = plt.subplots(figsize=(7, 4))
+    labels = args.labels or [log.stem for log in args.logs]
+    if len(labels) != len(args.logs):
+        raise SystemExit("give one --labels entry per log")
+    lowest = 1.0
     with args.out.with_suffix(".csv").open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["run", "epoch", "minutes", "loss", "val_v_rand", "lr"])
-        for log in args.logs:
+        for log, label in zip(args.logs, labels, strict=True):
             curve = read_curve(log)
             for row in curve:
-                writer.writerow([log.stem, int(row["epoch"]), row["minutes"], row["loss"], row["v_rand"], row["lr"]])
-            axis.plot([r["minutes"] for r in curve], [r["v_rand"] for r in curve], marker=".", label=log.stem)
+                writer.writerow([label, int(row["epoch"]), row["minutes"], row["loss"], row["v_rand"], row["lr"]])
+            axis.plot([r["minutes"] for r in curve], [r["v_rand"] for r in curve], marker=".", label=label)
+            lowest = min(lowest, *(r["v_rand"] for r in curve))
     axis.set_xlabel("wall-clock minutes (training + validation)")
-    axis.set_ylabel("held-out V_rand (slices 24-29, threshold 0.5)")
-    axis.set_ylim(0.8, 1.0)
+    axis.set_ylabel("held-out V_rand at the validation threshold")
+    axis.set_ylim(max(0.0, lowest - 0.02), 1.0)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()

@@ -44,7 +44,7 @@ def score_curves(items: Sequence[dict], thresholds: Sequence[float]) -> dict[str
 
 def choose_threshold(items: Sequence[dict], thresholds: Sequence[float] = CHALLENGE_THRESHOLDS) -> float:
     """The threshold with the best mean V_rand over ``items`` (e.g. the training slices)."""
-    mean_v_rand = score_curves(items, thresholds)["v_rand"].mean(axis=0)
+    mean_v_rand = np.nanmean(score_curves(items, thresholds)["v_rand"], axis=0)
     return float(thresholds[int(np.nanargmax(mean_v_rand))])
 
 
@@ -75,13 +75,14 @@ def evaluation_summary(
                 "membrane_dice": dice,
             }
         )
-    mean_curve = {key: value[:, :-1].mean(axis=0) for key, value in curves.items()}
+    # a slice whose ground truth has no cell interior scores NaN and is left out of the means
+    mean_curve = {key: np.nanmean(value[:, :-1], axis=0) for key, value in curves.items()}
     best = {key: int(np.nanargmax(curve)) for key, curve in mean_curve.items()}
     return {
         "slices": [row["slice"] for row in per_slice],
         "fixed_threshold": threshold,
         "mean_at_fixed_threshold": {
-            key: float(np.mean([row[key] for row in per_slice]))
+            key: float(np.nanmean([row[key] for row in per_slice]))
             for key in ("v_rand", "v_info", "pixel_accuracy", "membrane_dice")
         },
         "max_over_thresholds": {
