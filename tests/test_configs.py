@@ -105,7 +105,7 @@ def test_inference_writes_probability_and_segmentation_stacks(trained, tiny_stac
     _, ckpt_dir, _ = trained
     bundle_run(
         "inferring", INFER, "--dataset_dir", str(tiny_stack_dir), "--ckpt_dir", str(ckpt_dir),
-        "--output_dir", str(tmp_path), "--challenge_submission", "true",
+        "--output_dir", str(tmp_path), "--challenge_submission", "true", "--threshold", "0.4",
     )  # fmt: skip
     probability = tifffile.imread(tmp_path / "test-volume_membrane_probability.tif")
     segmentation = tifffile.imread(tmp_path / "test-volume_segmentation.tif")
@@ -114,7 +114,7 @@ def test_inference_writes_probability_and_segmentation_stacks(trained, tiny_stac
     assert probability.dtype == np.float32 and segmentation.dtype == np.uint8
     assert 0.0 <= probability.min() and probability.max() <= 1.0
     assert set(np.unique(segmentation)) <= {0, 255}
-    np.testing.assert_array_equal(segmentation == 255, 1.0 - probability > 0.5)
+    np.testing.assert_array_equal(segmentation == 255, 1.0 - probability > 0.4)
     np.testing.assert_allclose(submission, 1.0 - probability)
 
 
