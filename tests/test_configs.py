@@ -111,6 +111,8 @@ def test_inference_writes_probability_and_segmentation_stacks(trained, tiny_stac
     segmentation = tifffile.imread(tmp_path / "test-volume_segmentation.tif")
     submission = tifffile.imread(tmp_path / "test-volume_isbi2012_submission.tif")
     assert probability.shape == segmentation.shape == (3, 96, 96)
+    with tifffile.TiffFile(tmp_path / "test-volume_segmentation.tif") as written:  # 3 slices, not one RGB image
+        assert len(written.pages) == 3 and written.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
     assert probability.dtype == np.float32 and segmentation.dtype == np.uint8
     assert 0.0 <= probability.min() and probability.max() <= 1.0
     assert set(np.unique(segmentation)) <= {0, 255}

@@ -10,8 +10,12 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
+import tifffile
 import torch
 from ignite.engine import Engine, Events
+
+from .report import atomic_write
 
 _CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
@@ -211,11 +215,6 @@ class StackWriter:
         engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _write(self, engine: Engine) -> None:
-        import numpy as np
-        import tifffile
-
-        from .report import atomic_write
-
         probability = np.stack([item["pred"] for item in self.collector.items]).astype(np.float32)
         stacks = {
             "membrane_probability": probability,
@@ -226,7 +225,7 @@ class StackWriter:
         self.written = []
         for suffix, stack in stacks.items():
             buffer = io.BytesIO()
-            tifffile.imwrite(buffer, stack, compression="zlib", metadata={"axes": "ZYX"})
+            tifffile.imwrite(buffer, stack, photometric="minisblack", compression="zlib", metadata={"axes": "ZYX"})
             path = self.output_dir / f"{self.name}_{suffix}.tif"
             atomic_write(path, buffer.getvalue())
             self.written.append(path)
