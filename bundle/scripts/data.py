@@ -126,9 +126,10 @@ def read_stack(path: str | Path) -> np.ndarray:
         raise StackError(f"{path}: no such file or folder")
     if path.is_file():
         return _as_slices(_read_one_file(path), path, per_slice_file=False)
-    slices = [_as_slices(_read_one_file(f), f, per_slice_file=True)[0] for f in list_slice_files(path)]
+    files = list_slice_files(path)
+    slices = [_as_slices(_read_one_file(f), f, per_slice_file=True)[0] for f in files]
     first = slices[0]
-    for file, image in zip(list_slice_files(path), slices, strict=True):
+    for file, image in zip(files, slices, strict=True):
         if image.shape != first.shape or image.dtype != first.dtype:
             raise StackError(
                 f"{file}: slice is {image.shape} {image.dtype}, but the first slice of {path} is "

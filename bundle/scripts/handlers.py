@@ -157,11 +157,9 @@ class SliceCollector:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, lambda _: self.items.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-
-    def _collect(self, engine: Engine) -> None:
-        self.items.extend(_item_arrays(engine))
-        self.items.sort(key=lambda item: item["slice"])
+        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self.items.extend(_item_arrays(e)))
+        # registered before any handler that reads the items at COMPLETED (e.g. StackWriter)
+        engine.add_event_handler(Events.COMPLETED, lambda _: self.items.sort(key=lambda item: item["slice"]))
 
 
 def load_weights(network: torch.nn.Module, path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
