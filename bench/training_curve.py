@@ -1,7 +1,7 @@
 """Turn a training log into the curve of held-out V_rand against wall-clock minutes (CSV + PNG).
 
 Usage:
-    python bench/training_curve.py LOG [LOG ...] --out docs/figures/training_curve
+    python bench/training_curve.py LOG [LOG ...] --out docs/figures/training_curve [--x epoch]
 
 Each LOG is the stdout of `python -m monai.bundle run training ...`; the curve is read from the
 `TrainingProgress` lines (one per epoch: elapsed minutes and the validation V_rand at the fixed threshold).
@@ -32,6 +32,10 @@ def main() -> None:
     parser.add_argument("logs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix")
     parser.add_argument("--labels", nargs="+", help="legend label per log (default: file names)")
+    parser.add_argument(
+        "--x", choices=("minutes", "epoch"), default="minutes",
+        help="x axis: wall-clock minutes, or epochs (to compare recipes run at different machine speeds)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     import matplotlib
@@ -52,9 +56,9 @@ def main() -> None:
             curve = read_curve(log)
             for row in curve:
                 writer.writerow([label, int(row["epoch"]), row["minutes"], row["loss"], row["v_rand"], row["lr"]])
-            axis.plot([r["minutes"] for r in curve], [r["v_rand"] for r in curve], marker=".", label=label)
+            axis.plot([r[args.x] for r in curve], [r["v_rand"] for r in curve], marker=".", label=label)
             lowest = min(lowest, *(r["v_rand"] for r in curve))
-    axis.set_xlabel("wall-clock minutes (training + validation)")
+    axis.set_xlabel("wall-clock minutes (training + validation)" if args.x == "minutes" else "epoch")
     axis.set_ylabel("held-out V_rand at the validation threshold")
     axis.set_ylim(max(0.0, lowest - 0.02), 1.0)
     axis.grid(alpha=0.3)

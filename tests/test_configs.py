@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import tifffile
+import torch
 from conftest import BUNDLE
 from PIL import Image
 
@@ -45,6 +46,8 @@ def test_training_writes_best_and_latest_checkpoints_and_reports_progress(traine
     output_dir, ckpt_dir, log = trained
     assert (ckpt_dir / "model.pt").is_file()
     assert (output_dir / "checkpoint_epoch=2.pt").is_file()
+    checkpoint = torch.load(output_dir / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "lr_scheduler", "trainer", "best_metric"} <= set(checkpoint)
     assert "epoch 2/2 | loss" in log and "val_v_rand" in log and "ETA" in log
     losses = [float(line.split("train_loss: ")[1].split()[0]) for line in log.splitlines() if "train_loss: " in line]
     assert losses and np.isfinite(losses).all()
@@ -162,15 +165,44 @@ def test_inference_without_weights_fails_before_anything_is_written(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("override", "expected"),
+    ("override", "expected", "border_weights"),
     [
-        ({}, "DiceCELoss"),
-        ({"loss": "$torch.nn.BCEWithLogitsLoss()"}, "BCEWithLogitsLoss"),
-        ({"loss": "$monai.losses.DiceLoss(sigmoid=True)"}, "DiceLoss"),
+        ({}, "BorderWeightedDiceCELoss", True),
+        ({"loss": "$torch.nn.BCEWithLogitsLoss()", "border_weight": 0}, "BCEWithLogitsLoss", False),
+        ({"loss": "$monai.losses.DiceLoss(sigmoid=True)", "border_weight": 0}, "DiceLoss", False),
+        ({"loss": {"_target_": "DiceCELoss", "sigmoid": True}, "border_weight": 0}, "DiceCELoss", False),
     ],
 )
-def test_documented_loss_overrides(override, expected):
-    assert type(parsed_train_config(override).get_parsed_content("loss")).__name__ == expected
+def test_documented_loss_overrides(override, expected, border_weights):
+    config = parsed_train_config(override)
+    assert type(config.get_parsed_content("loss")).__name__ == expected
+    transforms = config.get_parsed_content("train#preprocessing").transforms
+    assert any(type(t).__name__ == "BorderWeightd" for t in transforms) is border_weights
+
+
+@pytest.mark.parametrize("ema_momentum", [None, 0.005])
+def test_validation_and_model_file_use_the_averaged_weights_when_averaging(tiny_stack_dir, ema_momentum):
+    config = parsed_train_config({"dataset_dir": str(tiny_stack_dir), "ema_momentum": ema_momentum})
+    network = config.get_parsed_content("network")
+    validated = config.get_parsed_content("train#validated_network")
+    assert (validated is network) is (ema_momentum is None)
+    assert config.get_parsed_content("validate#evaluator").network is validated
+    assert config.get_parsed_content("validate#best_model_saver").save_dict["model"] is validated
+    saved = config.get_parsed_content("train#checkpoint_objects")
+    assert saved["model"] is network
+    assert ("averaged_model" in saved) is (ema_momentum is not None)
+
+
+def test_training_with_weight_averaging_saves_the_averaged_model(tiny_stack_dir, tmp_path):
+    bundle_run(
+        "training", TRAIN, "--dataset_dir", str(tiny_stack_dir), "--output_dir", str(tmp_path / "run"),
+        "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "1", "--ema_momentum", "0.01", *TINY_TRAINING,
+    )  # fmt: skip
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+    best = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    for name, averaged in checkpoint["averaged_model"].items():
+        torch.testing.assert_close(best[name], averaged)  # one epoch: the best model is the averaged one
+    assert any(not torch.equal(checkpoint["model"][n], checkpoint["averaged_model"][n]) for n in best)
 
 
 @pytest.mark.parametrize("optimizer", ["torch.optim.Adam", "torch.optim.SGD", "torch.optim.Adagrad"])
