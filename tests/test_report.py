@@ -49,6 +49,12 @@ def test_report_files_are_written(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["evaluation.png", "metrics.csv", "metrics.json"]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == json.loads(json.dumps(summary))
     assert "training slices [0]" in summary["fixed_threshold_source"]
+    curve = summary["calibration_curve"]
+    assert len(curve["thresholds"]) == len(curve["v_rand"]) == 11
+    assert curve["thresholds"][int(np.argmax(curve["v_rand"]))] == summary["fixed_threshold"]
+    assert curve["v_rand"][0] < 1.0 and max(curve["v_rand"]) == pytest.approx(1.0)
+    given = write_evaluation_report(heldout, None, tmp_path / "given", threshold=0.5)
+    assert "calibration_curve" not in given
     rows = list(csv.DictReader((tmp_path / "out" / "metrics.csv").open()))
     assert [row["slice"] for row in rows] == ["7", "mean"]
     assert float(rows[-1]["v_rand"]) == pytest.approx(1.0)

@@ -42,10 +42,14 @@ def score_curves(items: Sequence[dict], thresholds: Sequence[float]) -> dict[str
     return {key: np.stack([c[key] for c in curves]) for key in ("v_rand", "v_info")}
 
 
+def mean_v_rand_curve(items: Sequence[dict], thresholds: Sequence[float] = CHALLENGE_THRESHOLDS) -> list[float]:
+    """Mean V_rand over ``items`` at each threshold (NaN-aware), one value per threshold."""
+    return np.nanmean(score_curves(items, thresholds)["v_rand"], axis=0).tolist()
+
+
 def choose_threshold(items: Sequence[dict], thresholds: Sequence[float] = CHALLENGE_THRESHOLDS) -> float:
     """The threshold with the best mean V_rand over ``items`` (e.g. the training slices)."""
-    mean_v_rand = np.nanmean(score_curves(items, thresholds)["v_rand"], axis=0)
-    return float(thresholds[int(np.nanargmax(mean_v_rand))])
+    return float(thresholds[int(np.nanargmax(mean_v_rand_curve(items, thresholds)))])
 
 
 def _pixel_scores(probability: np.ndarray, truth: np.ndarray, threshold: float) -> tuple[float, float]:
@@ -165,12 +169,16 @@ def write_evaluation_report(
     if threshold is None:
         if not calibration:
             raise ValueError("no threshold given and no training slices to choose one on")
-        threshold, source = choose_threshold(calibration, thresholds), "best mean V_rand on the training slices"
-        source += f" {[int(item['slice']) for item in calibration]}"
+        calibration_curve = mean_v_rand_curve(calibration, thresholds)
+        threshold = float(thresholds[int(np.nanargmax(calibration_curve))])
+        source = f"best mean V_rand on the training slices {[int(item['slice']) for item in calibration]}"
     else:
-        source = "given"
+        calibration_curve, source = None, "given"
     summary = evaluation_summary(heldout, threshold, thresholds)
     summary["fixed_threshold_source"] = source
+    if calibration_curve is not None:
+        # kept so a reader can see how clear the choice was: the training slices' curve is often flat near its top
+        summary["calibration_curve"] = {"thresholds": list(thresholds), "v_rand": calibration_curve}
     output_dir = Path(output_dir)
     atomic_write(output_dir / "metrics.json", (json.dumps(summary, indent=4) + "\n").encode())
     atomic_write(output_dir / "metrics.csv", _csv_bytes(summary))
