@@ -205,6 +205,15 @@ def test_training_with_weight_averaging_saves_the_averaged_model(tiny_stack_dir,
     assert any(not torch.equal(checkpoint["model"][n], checkpoint["averaged_model"][n]) for n in best)
 
 
+@pytest.mark.parametrize("amp", [False, True])
+def test_resume_checkpoint_holds_the_mixed_precision_scaler_when_amp_is_on(tiny_stack_dir, amp):
+    config = parsed_train_config({"dataset_dir": str(tiny_stack_dir), "amp": amp})
+    saved = config.get_parsed_content("train#checkpoint_objects")
+    assert ("grad_scaler" in saved) is amp
+    if amp:
+        assert saved["grad_scaler"].trainer is config.get_parsed_content("train#trainer")
+
+
 @pytest.mark.parametrize("optimizer", ["torch.optim.Adam", "torch.optim.SGD", "torch.optim.Adagrad"])
 def test_documented_optimizer_overrides(optimizer):
     config = parsed_train_config({"optimizer#_target_": optimizer, "learning_rate": 1e-4})

@@ -1,13 +1,14 @@
 """Resume-checkpoint lookup and weight loading errors (the engines' handlers run in test_configs.py)."""
 
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointSaver
 
-from scripts.handlers import BestMetricState, latest_checkpoint, load_weights
+from scripts.handlers import BestMetricState, GradScalerState, latest_checkpoint, load_weights
 
 
 def test_latest_checkpoint_is_the_newest_complete_one(tmp_path):
@@ -20,6 +21,18 @@ def test_latest_checkpoint_is_the_newest_complete_one(tmp_path):
     newest = tmp_path / "checkpoint_epoch=5.pt"
     newest.write_bytes((tmp_path / "checkpoint_epoch=4.pt").read_bytes()[:100])  # cut short by a crash
     assert latest_checkpoint(tmp_path).endswith("checkpoint_epoch=4.pt")
+
+
+def test_grad_scaler_state_round_trip_and_no_scaler():
+    saved = SimpleNamespace(scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
+    restored = SimpleNamespace(scaler=torch.amp.GradScaler("cpu"))
+    state = GradScalerState(saved).state_dict()
+    assert state["scale"] == 1024.0
+    GradScalerState(restored).load_state_dict(state)
+    assert restored.scaler.get_scale() == 1024.0
+    without_amp = SimpleNamespace(scaler=None)  # amp off, or before SupervisedTrainer.run() creates the scaler
+    assert GradScalerState(without_amp).state_dict() == {}
+    GradScalerState(without_amp).load_state_dict(state)
 
 
 def test_best_metric_state_round_trip(tmp_path):

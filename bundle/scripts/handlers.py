@@ -73,6 +73,30 @@ class BestMetricState:
         self.saver._key_metric_checkpoint.load_state_dict(state["saved"])
 
 
+class GradScalerState:
+    """Makes a trainer's mixed-precision ``GradScaler`` part of a resumable checkpoint.
+
+    MONAI's ``SupervisedTrainer`` creates its scaler inside ``run()`` (only when ``amp`` is on), after the
+    checkpoint's ``save_dict`` is built, so the checkpoint holds this proxy, which reaches the scaler when the
+    checkpoint is saved or loaded. Without it a resumed CUDA run restarts the loss scale from its initial value.
+
+    Args:
+        trainer: the training engine.
+    """
+
+    def __init__(self, trainer: Engine) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict:
+        scaler = getattr(self.trainer, "scaler", None)
+        return scaler.state_dict() if scaler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        scaler = getattr(self.trainer, "scaler", None)
+        if scaler is not None and state:
+            scaler.load_state_dict(state)
+
+
 class TrainingProgress:
     """Logs one line per epoch: mean loss, learning rate, latest and best key metric, elapsed time and ETA.
 
