@@ -180,17 +180,17 @@ def test_documented_loss_overrides(override, expected, border_weights):
     assert any(type(t).__name__ == "BorderWeightd" for t in transforms) is border_weights
 
 
-@pytest.mark.parametrize("ema_momentum", [None, 0.005])
+@pytest.mark.parametrize("ema_momentum", [0, 0.005])
 def test_validation_and_model_file_use_the_averaged_weights_when_averaging(tiny_stack_dir, ema_momentum):
     config = parsed_train_config({"dataset_dir": str(tiny_stack_dir), "ema_momentum": ema_momentum})
     network = config.get_parsed_content("network")
     validated = config.get_parsed_content("train#validated_network")
-    assert (validated is network) is (ema_momentum is None)
+    assert (validated is network) is (ema_momentum == 0)
     assert config.get_parsed_content("validate#evaluator").network is validated
     assert config.get_parsed_content("validate#best_model_saver").save_dict["model"] is validated
     saved = config.get_parsed_content("train#checkpoint_objects")
     assert saved["model"] is network
-    assert ("averaged_model" in saved) is (ema_momentum is not None)
+    assert ("averaged_model" in saved) is (ema_momentum != 0)
 
 
 def test_training_with_weight_averaging_saves_the_averaged_model(tiny_stack_dir, tmp_path):

@@ -47,9 +47,13 @@ def mean_v_rand_curve(items: Sequence[dict], thresholds: Sequence[float] = CHALL
     return np.nanmean(score_curves(items, thresholds)["v_rand"], axis=0).tolist()
 
 
+def _best_threshold(curve: Sequence[float], thresholds: Sequence[float]) -> float:
+    return float(thresholds[int(np.nanargmax(curve))])
+
+
 def choose_threshold(items: Sequence[dict], thresholds: Sequence[float] = CHALLENGE_THRESHOLDS) -> float:
     """The threshold with the best mean V_rand over ``items`` (e.g. the training slices)."""
-    return float(thresholds[int(np.nanargmax(mean_v_rand_curve(items, thresholds)))])
+    return _best_threshold(mean_v_rand_curve(items, thresholds), thresholds)
 
 
 def _pixel_scores(probability: np.ndarray, truth: np.ndarray, threshold: float) -> tuple[float, float]:
@@ -170,7 +174,7 @@ def write_evaluation_report(
         if not calibration:
             raise ValueError("no threshold given and no training slices to choose one on")
         calibration_curve = mean_v_rand_curve(calibration, thresholds)
-        threshold = float(thresholds[int(np.nanargmax(calibration_curve))])
+        threshold = _best_threshold(calibration_curve, thresholds)
         source = f"best mean V_rand on the training slices {[int(item['slice']) for item in calibration]}"
     else:
         calibration_curve, source = None, "given"
