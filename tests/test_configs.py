@@ -181,8 +181,10 @@ def test_documented_loss_overrides(override, expected, border_weights):
 
 
 @pytest.mark.parametrize("ema_momentum", [0, 0.005])
-def test_validation_and_model_file_use_the_averaged_weights_when_averaging(tiny_stack_dir, ema_momentum):
-    config = parsed_train_config({"dataset_dir": str(tiny_stack_dir), "ema_momentum": ema_momentum})
+def test_validation_and_model_file_use_the_averaged_weights_when_averaging(tiny_stack_dir, tmp_path, ema_momentum):
+    config = parsed_train_config(
+        {"dataset_dir": str(tiny_stack_dir), "output_dir": str(tmp_path), "ema_momentum": ema_momentum}
+    )
     network = config.get_parsed_content("network")
     validated = config.get_parsed_content("train#validated_network")
     assert (validated is network) is (ema_momentum == 0)
@@ -206,8 +208,8 @@ def test_training_with_weight_averaging_saves_the_averaged_model(tiny_stack_dir,
 
 
 @pytest.mark.parametrize("amp", [False, True])
-def test_resume_checkpoint_holds_the_mixed_precision_scaler_when_amp_is_on(tiny_stack_dir, amp):
-    config = parsed_train_config({"dataset_dir": str(tiny_stack_dir), "amp": amp})
+def test_resume_checkpoint_holds_the_mixed_precision_scaler_when_amp_is_on(tiny_stack_dir, tmp_path, amp):
+    config = parsed_train_config({"dataset_dir": str(tiny_stack_dir), "output_dir": str(tmp_path), "amp": amp})
     saved = config.get_parsed_content("train#checkpoint_objects")
     assert ("grad_scaler" in saved) is amp
     if amp:
