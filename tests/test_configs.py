@@ -15,6 +15,8 @@ import torch
 from conftest import BUNDLE
 from PIL import Image
 
+import scripts.handlers
+
 TRAIN = ["--config_file", "configs/train.json"]
 EVALUATE = ["--config_file", "['configs/train.json','configs/evaluate.json']"]
 INFER = ["--config_file", "configs/inference.json"]
@@ -165,6 +167,33 @@ def test_inference_without_weights_fails_before_anything_is_written(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("network_config", "model_name"), [("segnet.json", "segnet.pt"), ("usegnet.json", "usegnet.pt")]
+)
+def test_segnet_variants_train_evaluate_and_infer_through_the_same_configs(
+    network_config, model_name, tiny_stack_dir, tmp_path
+):
+    def with_network(config: list[str]) -> list[str]:
+        files = config[1].strip("[]").replace("'", "").split(",")
+        return ["--config_file", str([*files, f"configs/{network_config}"])]
+
+    common = ["--dataset_dir", str(tiny_stack_dir), "--ckpt_dir", str(tmp_path / "models")]
+    bundle_run(
+        "training", with_network(TRAIN), *common, "--output_dir", str(tmp_path / "run"), "--max_epochs", "1",
+        *TINY_TRAINING,
+    )  # fmt: skip
+    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == [model_name]  # model.pt untouched
+    weights = torch.load(tmp_path / "models" / model_name, map_location="cpu", weights_only=True)
+    assert any(name.startswith("encoder.") for name in weights) and any(name.startswith("decoder.") for name in weights)
+
+    bundle_run("evaluating", with_network(EVALUATE), *common, "--output_dir", str(tmp_path / "evaluate"))
+    assert json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["slices"] == [8, 9]
+
+    bundle_run("inferring", with_network(INFER), *common, "--output_dir", str(tmp_path / "inference"))
+    segmentation = tifffile.imread(tmp_path / "inference" / "test-volume_segmentation.tif")
+    assert segmentation.shape == (3, 96, 96) and set(np.unique(segmentation)) <= {0, 255}
+
+
+@pytest.mark.parametrize(
     ("override", "expected", "border_weights"),
     [
         ({}, "BorderWeightedDiceCELoss", True),
@@ -237,3 +266,19 @@ def parsed_train_config(override: dict):
     config["bundle_root"] = str(BUNDLE)
     config.update(override)
     return config
+
+
+@pytest.mark.parametrize(("model_name", "extra"), [("model.pt", []), ("segnet.pt", ["configs/segnet.json"])])
+def test_shipped_weights_fit_the_inference_config_of_their_network(model_name, extra):
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser()
+    config.read_config([str(BUNDLE / "configs" / "inference.json"), *(str(BUNDLE / f) for f in extra)])
+    config.update({"bundle_root": str(BUNDLE), "device": "cpu"})
+    assert config.get_parsed_content("model_path").endswith(f"/models/{model_name}")
+    network = scripts.handlers.load_weights(config.get_parsed_content("network_def"), config["model_path"])
+    assert (BUNDLE / "models" / model_name).stat().st_size < 25e6  # Model Zoo size limit per file
+    section = tifffile.imread(BUNDLE.parent / "data" / "isbi2012" / "test-volume.tif")[0]
+    with torch.no_grad():
+        membrane = torch.sigmoid(network.eval()(torch.from_numpy(section / 255.0).float()[None, None]))
+    assert 0.1 < (membrane > 0.5).float().mean() < 0.4  # membranes are ~20 % of an ISBI section

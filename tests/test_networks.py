@@ -1,0 +1,91 @@
+"""SegNet and U-SegNet (bundle/scripts/networks.py): shapes, index unpooling, gradients, TorchScript."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scripts.networks import SegNet, USegNet
+
+NARROW = {"channels": (4, 8, 8), "convs_per_stage": (2, 2, 3)}
+
+
+@pytest.mark.parametrize("network_class", [SegNet, USegNet])
+@pytest.mark.parametrize("shape", [(2, 1, 64, 64), (1, 1, 97, 130), (1, 1, 8, 8), (1, 1, 9, 33)])
+def test_output_has_the_input_size_for_any_size_of_at_least_two_to_the_depth(network_class, shape):
+    network = network_class(in_channels=1, out_channels=3, **NARROW).eval()
+    with torch.no_grad():
+        assert network(torch.rand(shape)).shape == (shape[0], 3, *shape[2:])
+
+
+def test_three_dimensional_input():
+    network = USegNet(spatial_dims=3, in_channels=2, out_channels=1, channels=(4, 8), convs_per_stage=(1, 2)).eval()
+    with torch.no_grad():
+        assert network(torch.rand(1, 2, 9, 10, 11)).shape == (1, 1, 9, 10, 11)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 7, 64), (1, 64, 64), (1, 1, 64, 64, 64)])
+def test_too_small_or_wrongly_shaped_input_is_rejected_with_the_required_size(shape):
+    with pytest.raises(ValueError, match=r"2D input \(N, C, \*spatial\) with every spatial size >= 8"):
+        SegNet(**NARROW)(torch.rand(shape))
+
+
+@pytest.mark.parametrize(
+    "arguments", [{"spatial_dims": 1}, {"channels": (4, 8), "convs_per_stage": (2,)}, {"convs_per_stage": (2, 0, 3)}]
+)
+def test_invalid_architectures_are_rejected(arguments):
+    with pytest.raises(ValueError):
+        SegNet(**{**NARROW, **arguments})
+
+
+def test_default_is_the_papers_vgg16_encoder():
+    network = SegNet()
+    encoder_convs = [m for m in network.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [conv.out_channels for conv in encoder_convs] == [64] * 2 + [128] * 2 + [256] * 3 + [512] * 6
+    batch_norms = [m for m in network.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(batch_norms) == 13  # every encoder convolution is followed by batch norm
+    decoder_convs = [m for m in network.decoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(decoder_convs) == 13 and decoder_convs[-1].out_channels == 64
+
+
+def test_unpooling_puts_each_maximum_back_where_the_encoder_found_it():
+    """The pooling/unpooling pair SegNet uses, on an odd-sized map: maxima return to their positions, the
+    rest is zero, and the dropped last row/column comes back as zeros at the exact original size."""
+    network = SegNet(**NARROW)
+    x = torch.rand(2, 3, 9, 7)
+    pooled, indices = network._pool(x)
+    restored = network._unpool(pooled, indices, list(x.shape[2:]))
+    assert restored.shape == x.shape
+    kept = restored != 0
+    torch.testing.assert_close(restored[kept], x[kept])
+    assert kept.sum() == pooled.numel()  # one maximum per 2x2 window, each where it was
+    torch.testing.assert_close(F.max_pool2d(restored, 2), pooled)
+
+
+def test_usegnet_concatenates_the_full_resolution_encoder_features_before_the_last_decoder_stage():
+    plain, skipped = SegNet(**NARROW), USegNet(**NARROW)
+    assert plain.decoder[-1][0].conv.in_channels == 4 and skipped.decoder[-1][0].conv.in_channels == 8
+    top_features = {}
+    skipped.encoder[0].register_forward_hook(lambda module, args, output: top_features.update(top=output))
+    last_stage_inputs = {}
+    skipped.decoder[-1].register_forward_pre_hook(lambda module, args: last_stage_inputs.update(x=args[0]))
+    skipped(torch.rand(1, 1, 16, 16))
+    torch.testing.assert_close(last_stage_inputs["x"][:, 4:], top_features["top"])
+
+
+@pytest.mark.parametrize("network_class", [SegNet, USegNet])
+def test_gradient_reaches_every_parameter(network_class):
+    network = network_class(**NARROW)
+    network(torch.rand(2, 1, 32, 32)).square().mean().backward()
+    missing = [name for name, parameter in network.named_parameters() if parameter.grad is None]
+    assert not missing
+    assert all(parameter.grad.abs().sum() > 0 for parameter in network.parameters())
+
+
+@pytest.mark.parametrize("network_class", [SegNet, USegNet])
+def test_scripted_network_equals_the_eager_one(network_class):
+    network = network_class(**NARROW).eval()
+    scripted = torch.jit.script(network)
+    for shape in [(1, 1, 64, 64), (2, 1, 45, 70)]:
+        x = torch.rand(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(scripted(x), network(x), rtol=0, atol=1e-5)
