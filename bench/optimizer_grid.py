@@ -200,14 +200,19 @@ def comparison_figure(results: list[dict], work_dir: Path, dataset_dir: Path, ou
             "--threshold", str(best["fixed_threshold"]), "--output_dir", str(folder / "figure"),
         )  # fmt: skip
         segmentation = tifffile.imread(folder / "figure" / f"{slice_file.stem}_segmentation.tif")
-        panels.append((f"{network}, {run.optimizer} {run.learning_rate:g}\nV_rand {best['v_rand']:.3f}", segmentation))
+        panels.append(
+            (
+                f"{network}, {run.optimizer} {run.learning_rate:g}\nmean held-out V_rand {best['v_rand']:.3f}",
+                segmentation,
+            )
+        )
     figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
     for axis, (title, picture) in zip(axes, panels, strict=True):
         axis.imshow(np.squeeze(picture), cmap="gray")
         axis.set_title(title, fontsize=9)
         axis.axis("off")
     figure.tight_layout()
-    figure.savefig(out.with_suffix(".png"), dpi=110)
+    figure.savefig(out.with_suffix(".png"), dpi=110, bbox_inches="tight")
 
 
 def main() -> None:

@@ -275,8 +275,9 @@ def test_shipped_weights_fit_the_inference_config_of_their_network(model_name, e
     config = ConfigParser()
     config.read_config([str(BUNDLE / "configs" / "inference.json"), *(str(BUNDLE / f) for f in extra)])
     config.update({"bundle_root": str(BUNDLE), "device": "cpu"})
-    assert config.get_parsed_content("model_path").endswith(f"/models/{model_name}")
-    network = scripts.handlers.load_weights(config.get_parsed_content("network_def"), config["model_path"])
+    model_path = config.get_parsed_content("model_path")
+    assert model_path.endswith(f"/models/{model_name}")
+    network = scripts.handlers.load_weights(config.get_parsed_content("network_def"), model_path)
     assert (BUNDLE / "models" / model_name).stat().st_size < 25e6  # Model Zoo size limit per file
     section = tifffile.imread(BUNDLE.parent / "data" / "isbi2012" / "test-volume.tif")[0]
     with torch.no_grad():
