@@ -283,3 +283,30 @@ def test_shipped_weights_fit_the_inference_config_of_their_network(model_name, e
     with torch.no_grad():
         membrane = torch.sigmoid(network.eval()(torch.from_numpy(section / 255.0).float()[None, None]))
     assert 0.1 < (membrane > 0.5).float().mean() < 0.4  # membranes are ~20 % of an ISBI section
+
+
+def test_multi_gpu_config_trains_with_two_processes_on_cpu(tiny_stack_dir, tmp_path):
+    """torchrun with 2 processes and the gloo backend: both ranks train, rank 0 alone logs and writes files."""
+    logs = tmp_path / "logs"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--log-dir", str(logs),
+        "--redirects", "3", "-m", "monai.bundle", "run", "training",
+        "--config_file", "['configs/train.json','configs/multi_gpu_train.json']", *COMMON,
+        "--dataset_dir", str(tiny_stack_dir), "--output_dir", str(tmp_path / "run"),
+        "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "1", *TINY_TRAINING,
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=600)
+    rank_logs = {int(p.parent.name): p.read_text() for p in logs.rglob("stdout.log")}
+    assert result.returncode == 0, result.stderr[-3000:] + "".join(rank_logs.values())[-3000:]
+    assert sorted(rank_logs) == [0, 1]
+    for rank, log in rank_logs.items():
+        assert f"emseg: process {rank} of 2 on cpu with gloo" in log
+    losses = [
+        float(line.split("train_loss: ")[1].split()[0]) for line in rank_logs[0].splitlines() if "train_loss: " in line
+    ]
+    assert losses and np.isfinite(losses).all()
+    assert "train_loss" not in rank_logs[1] and "val_v_rand" not in rank_logs[1]  # rank 0 alone logs
+    written = sorted(path.name for path in (tmp_path / "run").iterdir())
+    assert [name for name in written if name.startswith("checkpoint")] == ["checkpoint_epoch=1.pt"]
+    assert len([name for name in written if name.startswith("events.out")]) == 3  # rank 0's TensorBoard files only
+    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["model.pt"]
