@@ -3,6 +3,8 @@ of the) schema, `verify_net_in_out` for each network, TorchScript export with `c
 with `onnx_export` compared with the eager network on a real 512x512 section, and the `ConfigWorkflow`
 property check with a run of each workflow on tiny data."""
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,16 +29,24 @@ def inference_network(extra: list[str]) -> torch.nn.Module:
     return config.get_parsed_content("network_def")
 
 
+SHIPPED_WEIGHTS = {"U-Net": "model.pt", "SegNet": "segnet.pt"}
+
+
 @pytest.fixture(scope="module", params=list(NETWORKS))
 def checkpoint(request, tmp_path_factory):
-    """(config files, checkpoint path, eager network in eval mode, a real section as (1, 1, 512, 512) in [0, 1])."""
+    """(config files, checkpoint path, eager network in eval mode, a real section as (1, 1, 512, 512) in [0, 1]);
+    the shipped weights where there are some, else random ones with non-trivial batch-norm statistics."""
     torch.manual_seed(0)
     extra = NETWORKS[request.param]
     network = inference_network(extra)
-    with torch.no_grad():  # non-trivial batch-norm statistics
-        network.train()(torch.rand(2, 1, 64, 64))
     path = tmp_path_factory.mktemp("export") / "weights.pt"
-    torch.save(network.state_dict(), path)
+    if request.param in SHIPPED_WEIGHTS:
+        shutil.copy(BUNDLE / "models" / SHIPPED_WEIGHTS[request.param], path)
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        with torch.no_grad():
+            network.train()(torch.rand(2, 1, 64, 64))
+        torch.save(network.state_dict(), path)
     section = tifffile.imread(DATA / "test-volume.tif")[0].astype(np.float32) / 255.0
     return extra, path, network.eval(), torch.from_numpy(section)[None, None]
 
@@ -61,6 +71,30 @@ def export(command: str, extra: list[str], weights, target, *options: str) -> No
 
 def test_metadata_follows_the_model_zoo_schema():
     assert "metadata is verified with no error" in bundle_command("verify_metadata", "--filepath", str(SCHEMA))
+
+
+def test_metadata_names_the_versions_installed_here():
+    import importlib.metadata
+
+    import monai
+
+    metadata = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    assert metadata["monai_version"] == monai.__version__
+    assert metadata["pytorch_version"] == torch.__version__.split("+")[0]
+    assert metadata["numpy_version"] == np.__version__
+    for name, version in {**metadata["required_packages_version"], **metadata["optional_packages_version"]}.items():
+        assert importlib.metadata.version(name) == version, name
+
+
+def test_bundle_files_are_small_and_configs_are_four_space_json():
+    for path in BUNDLE.rglob("*"):
+        if path.is_file() and "runs" not in path.relative_to(BUNDLE).parts:
+            assert path.stat().st_size < 25 * 1024**2, path  # Model Zoo limit per file
+    for path in (BUNDLE / "configs").glob("*.json"):
+        text = path.read_text()
+        json.loads(text)
+        indents = {len(line) - len(line.lstrip(" ")) for line in text.splitlines()}
+        assert "\t" not in text and all(indent % 4 == 0 for indent in indents), path
 
 
 @pytest.mark.parametrize("network", list(NETWORKS))
