@@ -297,7 +297,8 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(tiny_stack_dir, tmp_p
     ]  # fmt: skip
     result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=600)
     rank_logs = {int(p.parent.name): p.read_text() for p in logs.rglob("stdout.log")}
-    assert result.returncode == 0, result.stderr[-3000:] + "".join(rank_logs.values())[-3000:]
+    rank_errors = "".join(f"rank {p.parent.name}:\n{p.read_text()[-2000:]}" for p in logs.rglob("stderr.log"))
+    assert result.returncode == 0, result.stderr[-2000:] + rank_errors
     assert sorted(rank_logs) == [0, 1]
     for rank, log in rank_logs.items():
         assert f"emseg: process {rank} of 2 on cpu with gloo" in log
