@@ -193,10 +193,9 @@ def comparison_figure(results: list[dict], work_dir: Path, dataset_dir: Path, ou
         best = max(scored, key=lambda r: r["v_rand"])
         run = Run(best["network"], best["optimizer"], best["learning_rate"])
         folder = work_dir / run.name
-        model_name = {"U-Net": "model.pt", "SegNet": "segnet.pt", "U-SegNet": "usegnet.pt"}[network]
         bundle(
             "inferring", run.config("configs/inference.json"), folder / "figure.log",
-            "--input_path", str(slice_file), "--model_path", str(folder / "models" / model_name),
+            "--input_path", str(slice_file), "--ckpt_dir", str(folder / "models"),
             "--threshold", str(best["fixed_threshold"]), "--output_dir", str(folder / "figure"),
         )  # fmt: skip
         segmentation = tifffile.imread(folder / "figure" / f"{slice_file.stem}_segmentation.tif")
