@@ -18,19 +18,19 @@ from monai.bundle import ConfigParser
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 sys.path.insert(0, str(BUNDLE))
+# name: (config files added to train.json, overrides)
 NETWORKS = {
-    "U-Net": [],
-    "SegNet (narrow)": ["configs/segnet.json"],
-    "U-SegNet (narrow)": ["configs/usegnet.json"],
-    "SegNet (full width)": ["configs/segnet.json"],
+    "U-Net": ([], {}),
+    "SegNet (narrow)": (["configs/segnet.json"], {}),
+    "U-SegNet (narrow)": (["configs/usegnet.json"], {}),
+    "SegNet (full width)": (["configs/segnet.json"], {"network_def#channels": [64, 128, 256, 512, 512]}),
 }
 
 
-def build(name: str, extra: list[str]) -> torch.nn.Module:
+def build(extra: list[str], overrides: dict) -> torch.nn.Module:
     config = ConfigParser()
     config.read_config([str(BUNDLE / "configs" / "train.json"), *(str(BUNDLE / f) for f in extra)])
-    if "full width" in name:
-        config["network_def#channels"] = [64, 128, 256, 512, 512]
+    config.update(overrides)
     return config.get_parsed_content("network_def")
 
 
@@ -57,8 +57,8 @@ def main() -> None:
     print("| network | parameters | s per step | relative to U-Net |")
     print("| --- | --- | --- | --- |")
     baseline = None
-    for name, extra in NETWORKS.items():
-        network = build(name, extra).train()
+    for name, (extra, overrides) in NETWORKS.items():
+        network = build(extra, overrides).train()
         seconds = step_seconds(network, args.repeats)
         baseline = baseline or seconds
         parameters = sum(p.numel() for p in network.parameters()) / 1e6

@@ -172,23 +172,24 @@ def test_inference_without_weights_fails_before_anything_is_written(tmp_path):
 def test_segnet_variants_train_evaluate_and_infer_through_the_same_configs(
     network_config, model_name, tiny_stack_dir, tmp_path
 ):
-    def with_network(config: list[str]) -> list[str]:
-        files = config[1].strip("[]").replace("'", "").split(",")
-        return ["--config_file", str([*files, f"configs/{network_config}"])]
+    def with_network(*files: str) -> list[str]:
+        return ["--config_file", str([*(f"configs/{name}" for name in files), f"configs/{network_config}"])]
 
     common = ["--dataset_dir", str(tiny_stack_dir), "--ckpt_dir", str(tmp_path / "models")]
     bundle_run(
-        "training", with_network(TRAIN), *common, "--output_dir", str(tmp_path / "run"), "--max_epochs", "1",
+        "training", with_network("train.json"), *common, "--output_dir", str(tmp_path / "run"), "--max_epochs", "1",
         *TINY_TRAINING,
     )  # fmt: skip
     assert sorted(path.name for path in (tmp_path / "models").iterdir()) == [model_name]  # model.pt untouched
     weights = torch.load(tmp_path / "models" / model_name, map_location="cpu", weights_only=True)
     assert any(name.startswith("encoder.") for name in weights) and any(name.startswith("decoder.") for name in weights)
 
-    bundle_run("evaluating", with_network(EVALUATE), *common, "--output_dir", str(tmp_path / "evaluate"))
+    bundle_run(
+        "evaluating", with_network("train.json", "evaluate.json"), *common, "--output_dir", str(tmp_path / "evaluate")
+    )
     assert json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["slices"] == [8, 9]
 
-    bundle_run("inferring", with_network(INFER), *common, "--output_dir", str(tmp_path / "inference"))
+    bundle_run("inferring", with_network("inference.json"), *common, "--output_dir", str(tmp_path / "inference"))
     segmentation = tifffile.imread(tmp_path / "inference" / "test-volume_segmentation.tif")
     assert segmentation.shape == (3, 96, 96) and set(np.unique(segmentation)) <= {0, 255}
 
