@@ -166,6 +166,58 @@ def test_inference_without_weights_fails_before_anything_is_written(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture(scope="module")
+def slice_files(tmp_path_factory, tiny_stack_dir) -> list[dict]:
+    """The tiny stack the way MONAI Label keeps it: one PNG per section, labels as class indices (1 = membrane)."""
+    folder = tmp_path_factory.mktemp("slice_files")
+    images = tifffile.imread(tiny_stack_dir / "train-volume.tif")
+    membranes = (tifffile.imread(tiny_stack_dir / "train-labels.tif") == 0).astype(np.uint8)
+    items = []
+    for index, (image, membrane) in enumerate(zip(images, membranes, strict=True)):
+        Image.fromarray(image).save(folder / f"section_{index}.png")
+        Image.fromarray(membrane).save(folder / f"section_{index}_label.png")
+        items.append(
+            {"image": str(folder / f"section_{index}.png"), "label": str(folder / f"section_{index}_label.png")}
+        )
+    return items
+
+
+@pytest.mark.parametrize("num_validation", [2, 0])
+def test_training_on_a_datalist_of_slice_files_as_monai_label_passes_it(slice_files, tmp_path, num_validation):
+    """MONAI Label's BundleTrainTask sets train#dataset#data, validate#dataset#data and train#trainer#max_epochs;
+    the stacks under dataset_dir are then never read. Without validation data the final network becomes the model."""
+    result = bundle_run(
+        "run", TRAIN, "--dataset_dir", str(tmp_path / "no_stacks_here"), "--output_dir", str(tmp_path / "run"),
+        "--ckpt_dir", str(tmp_path / "models"), "--train#trainer#max_epochs", "2", *TINY_TRAINING,
+        "--train#dataset#data", json.dumps(slice_files[:6]),
+        "--validate#dataset#data", json.dumps(slice_files[6 : 6 + num_validation]),
+    )  # fmt: skip
+    assert "epoch 2/2 | loss" in result.stdout
+    assert ("val_v_rand" in result.stdout) == (num_validation > 0)
+    weights = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    network = parsed_train_config({"device": "cpu"}).get_parsed_content("network_def")
+    network.load_state_dict(weights)  # a complete U-Net state dict, whichever saver wrote it
+
+
+def test_learning_rate_schedule_follows_the_trainer_epochs_monai_label_sets():
+    config = parsed_train_config({"train#trainer#max_epochs": 3, "device": "cpu"})
+    assert config.get_parsed_content("lr_scheduler").T_max == 3
+
+
+def test_inference_post_transforms_give_the_label_map_monai_label_writes():
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser()
+    config.read_config(BUNDLE / "configs" / "inference.json")
+    config.update({"bundle_root": str(BUNDLE), "threshold": 0.6})
+    logits = torch.logit(torch.tensor([[[0.05, 0.39], [0.41, 0.95]]]))  # (1, H, W) membrane logits
+    label_map = config.get_parsed_content("post_transforms")({"pred": logits})["pred"]
+    assert isinstance(label_map, np.ndarray) and label_map.dtype == np.uint8
+    np.testing.assert_array_equal(label_map, [[0, 0], [1, 1]])  # membrane where p >= 1 - 0.6, as the stacks
+    labels = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]
+    assert labels["pred"]["channel_def"] == {"0": "background", "1": "membrane"}
+
+
 @pytest.mark.parametrize(
     ("network_config", "model_name"), [("segnet.json", "segnet.pt"), ("usegnet.json", "usegnet.pt")]
 )

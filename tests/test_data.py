@@ -7,6 +7,7 @@ from conftest import DATA
 from PIL import Image
 
 from scripts.data import (
+    LoadSliced,
     StackError,
     heldout_block,
     load_labelled_stack,
@@ -122,3 +123,41 @@ def test_split_separates_training_and_heldout_slices():
 def test_invalid_folds_are_rejected(fold, num_folds):
     with pytest.raises(ValueError, match="fold"):
         heldout_block(30, fold, num_folds)
+
+
+def _slice_files(folder, image, membrane):
+    Image.fromarray(image).save(folder / "image.png")
+    Image.fromarray(membrane).save(folder / "label.png")
+    return {"image": str(folder / "image.png"), "label": folder / "label.png"}
+
+
+def test_load_sliced_reads_slice_files_in_monai_axis_order_with_index_labels(tmp_path):
+    image = np.arange(6 * 4, dtype=np.uint8).reshape(6, 4)
+    membrane = (image % 3 == 0).astype(np.uint8)  # class indices: 1 = membrane
+    item = LoadSliced(["image", "label"])(_slice_files(tmp_path, image, membrane))
+    np.testing.assert_array_equal(item["image"], image.T)  # (W, H), as MONAI's LoadImage returns 2D images
+    np.testing.assert_array_equal(item["label"], membrane.T)
+    assert item["label"].dtype == np.uint8 and item["image"].flags.writeable
+    numpy_order = LoadSliced(["image", "label"], reverse_indexing=False)(_slice_files(tmp_path, image, membrane))
+    np.testing.assert_array_equal(numpy_order["image"], image)
+
+
+def test_load_sliced_passes_in_memory_slices_through_untouched():
+    item = {"image": np.zeros((5, 3), np.uint8), "label": np.ones((5, 3), np.uint8), "slice": 2}
+    loaded = LoadSliced(["image", "label"])(item)
+    assert all(loaded[key] is item[key] for key in item)
+
+
+def test_load_sliced_rejects_isbi_style_label_files_with_the_file_named(tmp_path):
+    files = _slice_files(tmp_path, np.zeros((4, 4), np.uint8), np.full((4, 4), 255, np.uint8))
+    with pytest.raises(StackError, match=r"label.png: label values must be class indices .* found 255"):
+        LoadSliced(["image", "label"])(files)
+
+
+def test_load_sliced_rejects_labels_of_another_size_and_multi_slice_files(tmp_path):
+    files = _slice_files(tmp_path, np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8))
+    with pytest.raises(StackError, match=r"label.png: label is \(5, 4\) but its image .*image.png is \(4, 4\)"):
+        LoadSliced(["image", "label"])(files)
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(StackError, match="stack.tif: holds 2 slices"):
+        LoadSliced("image")({"image": tmp_path / "stack.tif"})

@@ -5,10 +5,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
+from ignite.handlers import EMAHandler
 from monai.handlers import CheckpointSaver
 
-from scripts.handlers import BestMetricState, GradScalerState, latest_checkpoint, load_weights
+from scripts.handlers import BestMetricState, GradScalerState, attach_weight_average, latest_checkpoint, load_weights
 
 
 def test_latest_checkpoint_is_the_newest_complete_one(tmp_path):
@@ -80,3 +81,15 @@ def test_load_weights_errors_name_the_file(tmp_path, content, message):
     with pytest.raises((FileNotFoundError, ValueError), match=message) as error:
         load_weights(torch.nn.Linear(3, 2), path)
     assert str(path) in str(error.value)
+
+
+def test_weight_average_starts_from_weights_loaded_when_training_starts():
+    network = torch.nn.Linear(2, 1)
+    ema = EMAHandler(network, momentum=0.5)  # copies the network as it is now (the random initialisation)
+    pretrained = {"weight": torch.full((1, 2), 3.0), "bias": torch.full((1,), -1.0)}
+    trainer = Engine(lambda engine, batch: None)
+    trainer.add_event_handler(Events.STARTED, lambda _: network.load_state_dict(pretrained))  # like CheckpointLoader
+    attach_weight_average(ema, trainer)
+    trainer.run([0, 1], max_epochs=1)
+    for name, value in ema.ema_model.state_dict().items():
+        torch.testing.assert_close(value, pretrained[name])

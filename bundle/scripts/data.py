@@ -3,8 +3,15 @@
 Every reader validates what it reads and raises :class:`StackError` naming the file and the problem, so a
 bad input fails before any training or writing starts.
 
-Label convention (the ISBI 2012 one): 255 (or 1) = cell interior, 0 = membrane. Inside the bundle the
-target is the **membrane** mask (1 = membrane), because membrane is what the network predicts.
+Two label conventions are read:
+
+* label **stacks** (``train-labels.tif``, :func:`read_membrane_labels`) follow ISBI 2012: 255 (or 1) = cell
+  interior, 0 = membrane;
+* per-slice label **files** named in a datalist (:class:`LoadSliced`, e.g. the ones MONAI Label saves) hold
+  class indices of ``channel_def`` in metadata.json: 0 = background (cell interior), 1 = membrane.
+
+Inside the bundle the target is the **membrane** mask (1 = membrane), because membrane is what the network
+predicts.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
 from PIL import Image
 
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
@@ -150,6 +159,88 @@ def read_membrane_labels(path: str | Path) -> np.ndarray:
         shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
         raise StackError(f"{path}: labels must be binary (0 = membrane, 255 or 1 = interior), found values {shown}")
     return (labels == 0).astype(np.uint8)
+
+
+def read_slice(path: str | Path) -> np.ndarray:
+    """Read one grayscale slice (a PNG/TIF file holding a single 2D image).
+
+    Returns:
+        array of shape (H, W) in the file's dtype.
+    """
+    stack = read_stack(path)
+    if stack.shape[0] != 1:
+        raise StackError(f"{path}: holds {stack.shape[0]} slices; a datalist item must be a single 2D slice")
+    return stack[0]
+
+
+def read_membrane_index_labels(path: str | Path) -> np.ndarray:
+    """Read one label slice of class indices (0 = background/cell interior, 1 = membrane) as a membrane mask.
+
+    Returns:
+        array of shape (H, W), dtype uint8, values in {0, 1}.
+    """
+    labels = read_slice(path)
+    values = np.unique(labels)
+    if not set(values.tolist()) <= {0, 1}:
+        shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        raise StackError(
+            f"{path}: label values must be class indices 0 = background (cell interior) and 1 = membrane, found "
+            f"{shown}; ISBI-style label stacks (0 = membrane, 255 = interior) are read through "
+            "--image_path/--label_path instead"
+        )
+    return labels.astype(np.uint8)
+
+
+class LoadSliced(MapTransform):
+    """Reads datalist items given as file paths; passes in-memory slices through unchanged.
+
+    The same preprocessing then takes both the bundle's own items (arrays cut from the shipped stacks by
+    :func:`load_labelled_stack`) and datalists of per-slice files, such as the ``{"image": path, "label": path}``
+    items MONAI Label's ``BundleTrainTask`` puts in ``train#dataset#data`` or the image path its
+    ``BundleInferTask`` hands to the preprocessing.
+
+    * image files: one grayscale slice (PNG/TIF) -> 2D array in the file's dtype;
+    * ``label_key`` files: class indices, 0 = background (cell interior), 1 = membrane -> 2D uint8 membrane
+      mask, and its shape must match the image's.
+
+    Args:
+        keys: keys of the images and labels to read.
+        label_key: the key holding labels (read with :func:`read_membrane_index_labels`).
+        reverse_indexing: return file slices as (W, H), the axis order of MONAI's ``LoadImage`` (ITK and PIL
+            readers), so a writer that follows it (MONAI Label's) saves predictions the right way round;
+            ``False`` gives numpy's (H, W). In-memory slices are never transposed.
+        allow_missing_keys: do not raise for keys missing from an item.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str = "label",
+        reverse_indexing: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_key = label_key
+        self.reverse_indexing = reverse_indexing
+
+    def __call__(self, data: dict) -> dict:
+        item = dict(data)
+        for key in self.key_iterator(item):
+            if isinstance(item[key], (str, Path)):
+                read = read_membrane_index_labels if key == self.label_key else read_slice
+                slice_ = read(item[key])
+                item[key] = np.array(slice_.T if self.reverse_indexing else slice_)
+        label, image = item.get(self.label_key), item.get("image")
+        if label is not None and image is not None and np.shape(label) != np.shape(image):
+            raise StackError(
+                f"{_source(data[self.label_key])}: label is {np.shape(label)} but its image "
+                f"{_source(data['image'])} is {np.shape(image)}; they must match"
+            )
+        return item
+
+
+def _source(value: object) -> str:
+    return str(value) if isinstance(value, (str, Path)) else "(in-memory slice)"
 
 
 def load_labelled_stack(image_path: str | Path, label_path: str | Path) -> list[dict]:

@@ -1,5 +1,6 @@
 """Small Ignite handlers and helpers the MONAI handler set lacks: run-level progress, slice collection,
-TIFF stack writing, resume-checkpoint lookup and weight loading with clear errors."""
+TIFF stack writing, resume-checkpoint lookup, weight averaging that starts from loaded weights and weight loading
+with clear errors."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import tifffile
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import EMAHandler
 
 from .report import atomic_write
 
@@ -39,6 +41,20 @@ def latest_checkpoint(folder: str | Path) -> str:
         f"{folder}: no complete checkpoint_epoch=N.pt to resume from; run training without --resume first "
         "or point --output_dir at the interrupted run's folder"
     )
+
+
+def attach_weight_average(ema: EMAHandler | None, trainer: Engine) -> None:
+    """Attach ``ema`` to ``trainer`` so the average starts from the network's weights when training starts.
+
+    ``EMAHandler`` copies the network when it is built, before a checkpoint loaded at ``Events.STARTED`` (such as
+    the pretrained-weights ``CheckpointLoader`` MONAI Label puts first in ``train#handlers``) fills the network;
+    without this the average would begin at the random initialisation. A resume ``CheckpointLoader`` attached
+    after this call still restores the saved average. ``None`` (averaging disabled) does nothing.
+    """
+    if ema is None:
+        return
+    ema.attach(trainer)
+    trainer.add_event_handler(Events.STARTED, lambda _: ema.ema_model.load_state_dict(ema.model.state_dict()))
 
 
 class BestMetricState:
