@@ -7,11 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from monai.bundle import ConfigParser
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
 DATA = REPO / "data" / "isbi2012"
 sys.path.insert(0, str(BUNDLE))
+
+
+def bundle_config(files: list[str], overrides: dict | None = None) -> ConfigParser:
+    """The bundle's config ``files`` (paths relative to bundle/, later ones override earlier), rooted at bundle/,
+    with ``overrides`` applied; nothing is instantiated until a test asks for it."""
+    config = ConfigParser()
+    config.read_config([str(BUNDLE / name) for name in files])
+    config.update({"bundle_root": str(BUNDLE), **(overrides or {})})
+    return config
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import BUNDLE
+from conftest import BUNDLE, bundle_config
 from PIL import Image
 
 import scripts.handlers
@@ -205,11 +205,7 @@ def test_learning_rate_schedule_follows_the_trainer_epochs_monai_label_sets():
 
 
 def test_inference_post_transforms_give_the_label_map_monai_label_writes():
-    from monai.bundle import ConfigParser
-
-    config = ConfigParser()
-    config.read_config(BUNDLE / "configs" / "inference.json")
-    config.update({"bundle_root": str(BUNDLE), "threshold": 0.6})
+    config = bundle_config(["configs/inference.json"], {"threshold": 0.6})
     logits = torch.logit(torch.tensor([[[0.05, 0.39], [0.41, 0.95]]]))  # (1, H, W) membrane logits
     label_map = config.get_parsed_content("post_transforms")({"pred": logits})["pred"]
     assert isinstance(label_map, np.ndarray) and label_map.dtype == np.uint8
@@ -312,22 +308,12 @@ def test_amp_follows_the_device_in_use(device, amp):
 
 
 def parsed_train_config(override: dict):
-    from monai.bundle import ConfigParser
-
-    config = ConfigParser()
-    config.read_config(BUNDLE / "configs" / "train.json")
-    config["bundle_root"] = str(BUNDLE)
-    config.update(override)
-    return config
+    return bundle_config(["configs/train.json"], override)
 
 
 @pytest.mark.parametrize(("model_name", "extra"), [("model.pt", []), ("segnet.pt", ["configs/segnet.json"])])
 def test_shipped_weights_fit_the_inference_config_of_their_network(model_name, extra):
-    from monai.bundle import ConfigParser
-
-    config = ConfigParser()
-    config.read_config([str(BUNDLE / "configs" / "inference.json"), *(str(BUNDLE / f) for f in extra)])
-    config.update({"bundle_root": str(BUNDLE), "device": "cpu"})
+    config = bundle_config(["configs/inference.json", *extra], {"device": "cpu"})
     model_path = config.get_parsed_content("model_path")
     assert model_path.endswith(f"/models/{model_name}")
     network = scripts.handlers.load_weights(config.get_parsed_content("network_def"), model_path)

@@ -14,8 +14,7 @@ import onnxruntime
 import pytest
 import tifffile
 import torch
-from conftest import BUNDLE, DATA
-from monai.bundle import ConfigParser
+from conftest import BUNDLE, DATA, bundle_config
 
 # the file metadata.json's "schema" URL names, copied here so the check runs offline
 SCHEMA = Path(__file__).parent / "data" / "meta_schema_20220324.json"
@@ -23,10 +22,7 @@ NETWORKS = {"U-Net": [], "SegNet": ["configs/segnet.json"], "U-SegNet": ["config
 
 
 def inference_network(extra: list[str]) -> torch.nn.Module:
-    config = ConfigParser()
-    config.read_config([str(BUNDLE / "configs" / "inference.json"), *(str(BUNDLE / f) for f in extra)])
-    config["device"] = "cpu"
-    return config.get_parsed_content("network_def")
+    return bundle_config(["configs/inference.json", *extra], {"device": "cpu"}).get_parsed_content("network_def")
 
 
 SHIPPED_WEIGHTS = {"U-Net": "model.pt", "SegNet": "segnet.pt"}

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import BUNDLE, DATA
+from conftest import BUNDLE, DATA, bundle_config
 from PIL import Image
 
 MONAILABEL_PYTHON = os.environ.get("EMSEG_MONAILABEL_PYTHON")
@@ -119,7 +119,8 @@ def server(tmp_path_factory):
             break
         except (urllib.error.URLError, ConnectionError):
             if process.poll() is not None or time.monotonic() > deadline:
-                os.killpg(process.pid, signal.SIGKILL) if process.poll() is None else None
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
                 pytest.fail(f"MONAI Label did not start ({' '.join(command)}):\n{log_path.read_text()[-4000:]}")
             time.sleep(2)
     try:
@@ -144,13 +145,9 @@ def test_info_lists_the_bundle_as_a_2d_membrane_model_with_a_trainer(server):
 
 def _bundle_label_map(image_path: Path) -> np.ndarray:
     """inference.json's own preprocessing, inferer and post_transforms with the shipped weights, run here."""
-    from monai.bundle import ConfigParser
-
     import scripts.handlers
 
-    config = ConfigParser()
-    config.read_config(BUNDLE / "configs" / "inference.json")
-    config.update({"bundle_root": str(BUNDLE), "device": "cpu"})
+    config = bundle_config(["configs/inference.json"], {"device": "cpu"})
     network = scripts.handlers.load_weights(config.get_parsed_content("network_def"), BUNDLE / "models" / "model.pt")
     item = config.get_parsed_content("preprocessing")({"image": image_path})
     with torch.no_grad():
