@@ -54,9 +54,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from scripts.data import load_labelled_stack
+    from scripts.datalists import load_labelled_stack
 
-    data = REPO / "data" / "isbi2012"
+    data = REPO / "bundle" / "data" / "isbi2012"
     built = pipelines()
     items = [
         built["deterministic"](item)

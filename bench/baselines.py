@@ -17,7 +17,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bundle"))
 
-from scripts.data import load_labelled_stack, split_slices  # noqa: E402
+from scripts.datalists import load_labelled_stack, split_slices  # noqa: E402
 from scripts.report import evaluation_summary  # noqa: E402
 
 
@@ -25,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fold", type=int, default=4)
     args = parser.parse_args()
-    data = REPO / "data" / "isbi2012"
+    data = REPO / "bundle" / "data" / "isbi2012"
     items = split_slices(load_labelled_stack(data / "train-volume.tif", data / "train-labels.tif"), args.fold, 5, True)
     predictions = {
         "all interior": lambda item: np.zeros(item["label"].shape, dtype=np.float32),

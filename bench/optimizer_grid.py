@@ -196,7 +196,7 @@ def comparison_figure(results: list[dict], work_dir: Path, dataset_dir: Path, ou
         bundle(
             "inferring", run.config("configs/inference.json"), folder / "figure.log",
             "--input_path", str(slice_file), "--ckpt_dir", str(folder / "models"),
-            "--threshold", str(best["fixed_threshold"]), "--output_dir", str(folder / "figure"),
+            "--membrane_threshold", str(best["fixed_threshold"]), "--output_dir", str(folder / "figure"),
         )  # fmt: skip
         segmentation = tifffile.imread(folder / "figure" / f"{slice_file.stem}_segmentation.tif")
         panels.append(
@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="epochs per run (default 6)")
     parser.add_argument("--iterations_per_epoch", type=int, default=40, help="batches of 8 per epoch (default 40)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dataset_dir", type=Path, default=REPO / "data" / "isbi2012")
+    parser.add_argument("--dataset_dir", type=Path, default=REPO / "bundle" / "data" / "isbi2012")
     parser.add_argument("--bundle_args", default="", help="further overrides for every run, e.g. '--batch_size 4'")
     parser.add_argument("--runs", type=parse_run, nargs="+", default=DEFAULT_RUNS, help="e.g. SegNet:Adam:1e-3")
     parser.add_argument("--work_dir", type=Path, required=True, help="run folders (checkpoints, logs)")

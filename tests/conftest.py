@@ -11,7 +11,7 @@ from monai.bundle import ConfigParser
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
-DATA = REPO / "data" / "isbi2012"
+DATA = BUNDLE / "data" / "isbi2012"
 sys.path.insert(0, str(BUNDLE))
 
 

@@ -16,10 +16,13 @@ from scripts.metrics import (
 )
 
 
-def test_challenge_thresholds_match_the_official_double_accumulation():
-    assert len(CHALLENGE_THRESHOLDS) == 11
-    assert CHALLENGE_THRESHOLDS[0] == 0.0 and CHALLENGE_THRESHOLDS[3] == 0.1 + 0.1 + 0.1
-    assert CHALLENGE_THRESHOLDS[-1] < 1.0  # 0.9999999999999999, as the Java loop produces
+def test_challenge_thresholds_are_the_official_interior_grid_as_membrane_thresholds():
+    official, value = [], 0.0  # the official Java loop: 0.0, 0.1, ... accumulated in double precision
+    while value <= 1.0:
+        official.append(value)
+        value += 0.1
+    assert CHALLENGE_THRESHOLDS == tuple(k / 10 for k in range(11))
+    np.testing.assert_allclose(sorted(1 - t for t in official), CHALLENGE_THRESHOLDS, atol=1e-12)
 
 
 def test_perfect_prediction_scores_one():
@@ -78,12 +81,13 @@ def test_thinning_without_any_interior_is_all_boundary():
     assert (thinned_segmentation(np.zeros((5, 5), dtype=bool)) == 0).all()
 
 
-def test_threshold_is_applied_to_the_interior_map():
+def test_thresholds_are_membrane_thresholds():
     truth = two_cells()
-    probability = truth * 0.7  # membrane 0.7 -> interior 0.3 on the membrane column
-    scores = slice_scores(probability, truth, [0.2, 0.5])
-    assert scores["v_rand"][0] == pytest.approx(2 / 3)  # interior 0.3 > 0.2: membrane missed, cells merged
-    assert scores["v_rand"][1] == pytest.approx(1.0)
+    probability = truth * 0.7  # membrane probability 0.7 on the membrane column
+    scores = slice_scores(probability, truth, [0.8, 0.7, 0.5])
+    assert scores["v_rand"][0] == pytest.approx(2 / 3)  # 0.7 < 0.8: membrane missed, cells merged
+    assert scores["v_rand"][1] == pytest.approx(1.0)  # membrane where p >= threshold
+    assert scores["v_rand"][2] == pytest.approx(1.0)
 
 
 def test_ground_truth_without_foreground_gives_nan():
@@ -98,7 +102,7 @@ def test_isbi_score_averages_slices_and_keeps_the_best_threshold():
     metric(y_pred=torch.cat([perfect, merged]), y=torch.cat([truth, truth]))
     assert metric.aggregate().item() == pytest.approx((1 + 2 / 3) / 2)
 
-    best_of_two = IsbiScore("v_rand", thresholds=[0.2, 0.5])
+    best_of_two = IsbiScore("v_rand", thresholds=[0.8, 0.5])
     best_of_two(y_pred=truth * 0.7, y=truth)
     assert best_of_two.aggregate().item() == pytest.approx(1.0)
 

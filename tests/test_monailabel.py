@@ -145,10 +145,10 @@ def test_info_lists_the_bundle_as_a_2d_membrane_model_with_a_trainer(server):
 
 def _bundle_label_map(image_path: Path) -> np.ndarray:
     """inference.json's own preprocessing, inferer and post_transforms with the shipped weights, run here."""
-    import scripts.handlers
+    import scripts.checkpoints
 
     config = bundle_config(["configs/inference.json"], {"device": "cpu"})
-    network = scripts.handlers.load_weights(config.get_parsed_content("network_def"), BUNDLE / "models" / "model.pt")
+    network = scripts.checkpoints.load_weights(config.get_parsed_content("network_def"), BUNDLE / "models" / "model.pt")
     item = config.get_parsed_content("preprocessing")({"image": image_path})
     with torch.no_grad():
         item["pred"] = config.get_parsed_content("inferer")(item["image"][None], network.eval())[0]

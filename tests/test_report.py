@@ -5,9 +5,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import two_cells
+from ignite.engine import Engine
 
-from scripts.report import choose_threshold, evaluation_summary, write_evaluation_report
+from scripts.report import EvaluationReport, evaluation_summary, write_evaluation_report
+from scripts.writers import SliceCollector
 
 
 def _item(slice_index, probability, truth):
@@ -19,17 +22,18 @@ def _item(slice_index, probability, truth):
     }
 
 
-def test_threshold_is_chosen_where_training_slices_score_best():
+def test_membrane_threshold_is_chosen_where_training_slices_score_best(tmp_path):
     truth = two_cells()
-    # membrane predicted at 0.7: any threshold >= 0.3 on the interior map finds it, 0.0-0.2 merge the cells
+    # membrane predicted at 0.7: membrane thresholds up to 0.7 find it, 0.8 and 1.0 merge the cells
     items = [_item(0, truth * 0.7, truth)]
-    assert choose_threshold(items, thresholds=(0.0, 0.2, 0.4, 0.6)) == 0.4
+    summary = write_evaluation_report(items, items, tmp_path, thresholds=(1.0, 0.8, 0.6, 0.4))
+    assert summary["fixed_threshold"] == 0.6 and summary["calibration_curve"]["v_rand"][:2] == [2 / 3, 2 / 3]
 
 
 def test_summary_reports_fixed_threshold_and_max_over_thresholds():
     truth = two_cells()
     items = [_item(3, truth * 0.7, truth), _item(4, np.zeros(truth.shape), truth)]
-    summary = evaluation_summary(items, threshold=0.5, thresholds=(0.0, 0.5))
+    summary = evaluation_summary(items, threshold=0.5, thresholds=(1.0, 0.5))
     assert summary["slices"] == [3, 4]
     assert summary["mean_at_fixed_threshold"]["v_rand"] == pytest.approx((1 + 2 / 3) / 2)
     assert summary["max_over_thresholds"]["v_rand"] == pytest.approx((1 + 2 / 3) / 2)
@@ -68,3 +72,18 @@ def test_report_needs_slices_and_a_threshold_source(tmp_path):
     with pytest.raises(ValueError, match="no threshold"):
         write_evaluation_report([_item(0, truth, truth)], [], tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_evaluation_report_handler_writes_when_its_evaluator_completes(tmp_path):
+    truth = two_cells(width=33, height=32)
+    item = _item(5, truth * 0.9, truth)
+    section = {key: torch.as_tensor(item[key])[None] for key in ("image", "label", "pred")}
+    batches = [[{**section, "slice": 5}]]  # one decollated batch of one section, as a SupervisedEvaluator holds it
+    evaluator = Engine(lambda engine, batch: [{"pred": batch[0]["pred"]}])
+    calibration = SliceCollector()
+    calibration.items = [_item(0, truth * 0.9, truth)]
+    report = EvaluationReport(tmp_path, calibration=calibration)
+    report.attach(evaluator)
+    evaluator.run(batches)
+    assert report.summary["slices"] == [5] and "training slices [0]" in report.summary["fixed_threshold_source"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["slices"] == [5]

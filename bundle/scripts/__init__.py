@@ -1,3 +1,27 @@
-"""Custom pieces of the emseg bundle, referenced from the configs as ``scripts.<module>.<name>``."""
+"""Custom pieces of the emseg bundle, referenced from the configs as ``scripts.<module>.<name>``.
 
-from . import data, handlers, inferers, losses, metrics, report  # noqa: F401  (configs reach them as attributes of ``scripts``)
+Modules by kind: ``stack_io`` (reading stacks), ``datalists`` (items and folds), ``transforms``, ``losses``,
+``metrics``, ``networks``, ``inferers``, ``averaging`` (weight average), ``checkpoints`` (resume and model
+files), ``writers``, ``progress``, ``report`` (evaluation), ``distributed`` (torchrun), ``flags`` and
+``errors``. Importing the package makes an uncaught :class:`scripts.errors.InputError` the last line printed.
+"""
+
+from . import (  # noqa: F401  (configs reach them as attributes of ``scripts``)
+    averaging,
+    checkpoints,
+    datalists,
+    distributed,
+    errors,
+    flags,
+    inferers,
+    losses,
+    metrics,
+    networks,
+    progress,
+    report,
+    stack_io,
+    transforms,
+    writers,
+)
+
+errors.install_last_line_hook()

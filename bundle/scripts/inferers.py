@@ -1,4 +1,4 @@
-"""Test-time augmentation over the 8 symmetries of the square, as a MONAI inferer."""
+"""Test-time augmentation over the 8 symmetries of the square, as a MONAI inferer, and the switch that turns it on."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ from typing import Any
 
 import torch
 from monai.inferers import Inferer
+
+from .flags import flag
+
+__all__ = ["DihedralAverageInferer", "with_test_time_augmentation"]
 
 
 class DihedralAverageInferer(Inferer):
@@ -36,3 +40,13 @@ class DihedralAverageInferer(Inferer):
                 output = torch.rot90(output, -quarter_turns, dims=(-2, -1))
                 total = output if total is None else total + output
         return total / 8
+
+
+def with_test_time_augmentation(inferer: Inferer, enabled: bool | str) -> Inferer:
+    """``inferer`` wrapped in :class:`DihedralAverageInferer` when the flag ``enabled`` is true, else ``inferer``.
+
+    Args:
+        inferer: the plain inferer, e.g. the configs' ``SlidingWindowInferer``.
+        enabled: the ``test_time_augmentation`` flag (true/false/1/0/yes/no, see :func:`scripts.flags.flag`).
+    """
+    return DihedralAverageInferer(inferer) if flag(enabled, "test_time_augmentation") else inferer

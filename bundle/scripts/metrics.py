@@ -5,7 +5,7 @@ This follows the official evaluation (Arganda-Carreras et al., Front. Neuroanat.
 
 * ground-truth segments are the 4-connected components of the cell interior; ground-truth membrane
   pixels are excluded from every count (foreground restriction);
-* the proposal is an *interior* probability map, binarised as ``interior > threshold``; its membrane is
+* the proposal is an *interior* probability map, binarised as ``interior > t``; its membrane is
   thinned to 1-pixel lines by a 4-connected watershed of the binary map seeded with the 4-connected
   interior components, and every pixel left on those lines is its own singleton segment;
 * with ``n_ij`` the overlap counts, ``A_i`` the ground-truth and ``B_j`` the proposal segment sizes and
@@ -18,9 +18,12 @@ This follows the official evaluation (Arganda-Carreras et al., Front. Neuroanat.
       probabilities p = count / N, singletons p = 1 / N),  V_info = 2 I(S;T) / (H(S) + H(T))
 
 * scores are computed per 2D slice and averaged over slices; the challenge number is the maximum over
-  thresholds 0.0, 0.1, ..., 1.0 of that mean.
+  thresholds t = 0.0, 0.1, ..., 1.0 of that mean.
 
-The network in this bundle predicts *membrane* probability ``p``; the interior map is ``1 - p``.
+The network in this bundle predicts *membrane* probability ``p``, and every threshold in the bundle is a
+**membrane threshold** ``m``: membrane where ``p >= m``, cell interior where ``p < m``. The challenge's
+interior map is ``1 - p``, so its threshold ``t`` is ``m = 1 - t`` here, and the grid 0.0, 0.1, ..., 1.0 maps
+onto itself: the max over thresholds is the challenge's number (equal up to ties at a grid value).
 """
 
 from __future__ import annotations
@@ -33,17 +36,16 @@ from monai.metrics import CumulativeIterationMetric
 from skimage.measure import label as connected_components
 from skimage.segmentation import watershed
 
+__all__ = [
+    "CHALLENGE_THRESHOLDS",
+    "thinned_segmentation",
+    "foreground_restricted_scores",
+    "slice_scores",
+    "IsbiScore",
+]
 
-def _challenge_thresholds() -> tuple[float, ...]:
-    """0.0, 0.1, ..., 1.0 accumulated in double precision exactly as the official Java loop does."""
-    thresholds, value = [], 0.0
-    while value <= 1.0:
-        thresholds.append(value)
-        value += 0.1
-    return tuple(thresholds)
-
-
-CHALLENGE_THRESHOLDS = _challenge_thresholds()
+#: the challenge's 11 thresholds 0.0, 0.1, ..., 1.0, as membrane thresholds
+CHALLENGE_THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(11))
 
 
 def thinned_segmentation(interior: np.ndarray) -> np.ndarray:
@@ -129,26 +131,26 @@ def foreground_restricted_scores(truth: np.ndarray, proposal: np.ndarray) -> dic
 def slice_scores(
     membrane_probability: np.ndarray, membrane_truth: np.ndarray, thresholds: Sequence[float] = CHALLENGE_THRESHOLDS
 ) -> dict[str, np.ndarray]:
-    """V_rand and V_info of one 2D slice at each threshold.
+    """V_rand and V_info of one 2D section at each membrane threshold.
 
     Args:
         membrane_probability: (H, W) float in [0, 1], the network's membrane probability.
         membrane_truth: (H, W) ground-truth membrane mask (nonzero = membrane).
-        thresholds: thresholds applied to the interior map ``1 - membrane_probability``.
+        thresholds: membrane thresholds; the proposal's cell interior is ``membrane_probability < threshold``.
 
     Returns:
         ``{"v_rand": (T,), "v_info": (T,)}`` float64 arrays.
     """
     truth = connected_components(np.asarray(membrane_truth) == 0, connectivity=1)
-    interior = 1.0 - np.asarray(membrane_probability, dtype=np.float64)
-    scores = [foreground_restricted_scores(truth, thinned_segmentation(interior > t)) for t in thresholds]
+    probability = np.asarray(membrane_probability, dtype=np.float64)
+    scores = [foreground_restricted_scores(truth, thinned_segmentation(probability < m)) for m in thresholds]
     return {key: np.array([s[key] for s in scores]) for key in ("v_rand", "v_info")}
 
 
 class IsbiScore(CumulativeIterationMetric):
     """V_rand or V_info as a MONAI metric: per-slice scores, averaged over slices, best threshold kept.
 
-    With ``thresholds=[t]`` this is the score at the fixed threshold ``t``; with the default
+    With ``thresholds=[m]`` this is the score at the fixed membrane threshold ``m``; with the default
     :data:`CHALLENGE_THRESHOLDS` it is the challenge's max-over-thresholds number.
 
     Inputs of ``__call__``: ``y_pred`` membrane probability and ``y`` membrane mask, (B, 1, H, W) or

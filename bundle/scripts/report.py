@@ -1,8 +1,9 @@
 """Evaluation report: ISBI 2012 scores per slice and overall, written as JSON, CSV and a PNG figure.
 
-The challenge's own number is the best threshold in hindsight (max over thresholds of the slice mean),
+The challenge's own number is the best threshold in hindsight (max over thresholds of the section mean),
 which peeks at the evaluated labels. The honest number uses one threshold fixed before looking at them:
-here, the threshold that maximises mean V_rand on the *training* slices.
+here, the membrane threshold that maximises mean V_rand on the *training* sections. Thresholds are membrane
+thresholds (membrane where ``p >= m``), as everywhere in the bundle.
 """
 
 from __future__ import annotations
@@ -10,30 +11,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from ignite.engine import Engine, Events
 
 from .metrics import CHALLENGE_THRESHOLDS, slice_scores
+from .writers import SliceCollector, atomic_write
 
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so an interrupted run leaves no partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+__all__ = ["score_curves", "mean_v_rand_curve", "evaluation_summary", "write_evaluation_report", "EvaluationReport"]
 
 
 def score_curves(items: Sequence[dict], thresholds: Sequence[float]) -> dict[str, np.ndarray]:
@@ -51,14 +38,9 @@ def _best_threshold(curve: Sequence[float], thresholds: Sequence[float]) -> floa
     return float(thresholds[int(np.nanargmax(curve))])
 
 
-def choose_threshold(items: Sequence[dict], thresholds: Sequence[float] = CHALLENGE_THRESHOLDS) -> float:
-    """The threshold with the best mean V_rand over ``items`` (e.g. the training slices)."""
-    return _best_threshold(mean_v_rand_curve(items, thresholds), thresholds)
-
-
 def _pixel_scores(probability: np.ndarray, truth: np.ndarray, threshold: float) -> tuple[float, float]:
-    """Pixel accuracy and membrane Dice with membrane = ``probability >= 1 - threshold``."""
-    predicted, actual = probability >= 1.0 - threshold, truth > 0
+    """Pixel accuracy and membrane Dice with membrane = ``probability >= threshold``."""
+    predicted, actual = probability >= threshold, truth > 0
     accuracy = float((predicted == actual).mean())
     denominator = predicted.sum() + actual.sum()
     dice = float(2 * (predicted & actual).sum() / denominator) if denominator else 1.0
@@ -125,7 +107,7 @@ def _figure_bytes(heldout: Sequence[dict], threshold: float, summary: dict, max_
     figure, axes = plt.subplots(len(rows), 5, figsize=(16, 3.4 * len(rows)), squeeze=False)
     scores = {row["slice"]: row for row in summary["per_slice"]}
     for axis_row, item in zip(axes, rows, strict=True):
-        predicted = item["pred"] >= 1.0 - threshold
+        predicted = item["pred"] >= threshold
         actual = item["label"] > 0
         overlay = np.repeat(item["image"][..., None], 3, axis=-1).astype(np.float32)
         overlay = (overlay - overlay.min()) / max(float(np.ptp(overlay)), 1e-8) * 0.6
@@ -162,7 +144,7 @@ def write_evaluation_report(
         heldout: items with ``slice``, ``image``, ``label`` (membrane mask) and ``pred`` (membrane probability).
         calibration: items of the training slices, used to choose the fixed threshold when ``threshold`` is None.
         output_dir: folder for the three files.
-        threshold: fixed threshold on the interior map; None = choose it on ``calibration``.
+        threshold: fixed membrane threshold; None = choose it on ``calibration``.
         thresholds: thresholds of the max-over-thresholds score.
 
     Returns:
@@ -188,3 +170,33 @@ def write_evaluation_report(
     atomic_write(output_dir / "metrics.csv", _csv_bytes(summary))
     atomic_write(output_dir / "evaluation.png", _figure_bytes(heldout, threshold, summary))
     return summary
+
+
+class EvaluationReport:
+    """Collects the held-out sections an evaluator processes and writes the evaluation report when it completes.
+
+    Args:
+        output_dir: folder for ``metrics.json``, ``metrics.csv`` and ``evaluation.png``.
+        calibration: the collector of the training sections' predictions, run before this evaluator, where the
+            membrane threshold is chosen when ``membrane_threshold`` is None.
+        membrane_threshold: fixed membrane threshold, or None to choose it on ``calibration``.
+    """
+
+    def __init__(
+        self, output_dir: str | Path, calibration: SliceCollector | None = None, membrane_threshold: float | None = None
+    ) -> None:
+        self.output_dir = output_dir
+        self.calibration = calibration
+        self.membrane_threshold = membrane_threshold
+        self.collector = SliceCollector()
+        self.summary: dict | None = None
+
+    def attach(self, engine: Engine) -> None:
+        self.collector.attach(engine)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _write(self, engine: Engine) -> None:
+        calibration = self.calibration.items if self.calibration is not None else None
+        self.summary = write_evaluation_report(
+            self.collector.items, calibration, self.output_dir, self.membrane_threshold
+        )

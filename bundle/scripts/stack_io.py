@@ -1,17 +1,14 @@
-"""Reading EM stacks (multi-page TIFF or a folder of per-slice PNG/TIF) and splitting them into folds.
+"""Reading EM stacks: a multi-page TIFF, a single PNG/TIF image, or a folder of per-section PNG/TIF files.
 
 Every reader validates what it reads and raises :class:`StackError` naming the file and the problem, so a
-bad input fails before any training or writing starts.
-
-Two label conventions are read:
+bad input fails before any training or writing starts. Two label conventions are read:
 
 * label **stacks** (``train-labels.tif``, :func:`read_membrane_labels`) follow ISBI 2012: 255 (or 1) = cell
   interior, 0 = membrane;
-* per-slice label **files** named in a datalist (:class:`LoadSliced`, e.g. the ones MONAI Label saves) hold
+* per-section label **files** (:func:`read_membrane_index_labels`, e.g. the ones MONAI Label saves) hold the
   class indices of ``channel_def`` in metadata.json: 0 = background (cell interior), 1 = membrane.
 
-Inside the bundle the target is the **membrane** mask (1 = membrane), because membrane is what the network
-predicts.
+Both are returned as the **membrane** mask (1 = membrane), because membrane is what the network predicts.
 """
 
 from __future__ import annotations
@@ -22,14 +19,24 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
 from PIL import Image
+
+from .errors import InputError
+
+__all__ = [
+    "SLICE_SUFFIXES",
+    "StackError",
+    "list_slice_files",
+    "read_stack",
+    "read_slice",
+    "read_membrane_labels",
+    "read_membrane_index_labels",
+]
 
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
-class StackError(ValueError):
+class StackError(InputError):
     """An input image or label stack that cannot be used; the message names the file and the problem."""
 
 
@@ -189,99 +196,3 @@ def read_membrane_index_labels(path: str | Path) -> np.ndarray:
             "--image_path/--label_path instead"
         )
     return labels.astype(np.uint8)
-
-
-class LoadSliced(MapTransform):
-    """Reads datalist items given as file paths; passes in-memory slices through unchanged.
-
-    The same preprocessing then takes both the bundle's own items (arrays cut from the shipped stacks by
-    :func:`load_labelled_stack`) and datalists of per-slice files, such as the ``{"image": path, "label": path}``
-    items MONAI Label's ``BundleTrainTask`` puts in ``train#dataset#data`` or the image path its
-    ``BundleInferTask`` hands to the preprocessing.
-
-    * image files: one grayscale slice (PNG/TIF) -> 2D array in the file's dtype;
-    * ``label_key`` files: class indices, 0 = background (cell interior), 1 = membrane -> 2D uint8 membrane
-      mask, and its shape must match the image's.
-
-    Args:
-        keys: keys of the images and labels to read.
-        label_key: the key holding labels (read with :func:`read_membrane_index_labels`).
-        reverse_indexing: return file slices as (W, H), the axis order of MONAI's ``LoadImage`` (ITK and PIL
-            readers), so a writer that follows it (MONAI Label's) saves predictions the right way round;
-            ``False`` gives numpy's (H, W). In-memory slices are never transposed.
-        allow_missing_keys: do not raise for keys missing from an item.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        label_key: str = "label",
-        reverse_indexing: bool = True,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.label_key = label_key
-        self.reverse_indexing = reverse_indexing
-
-    def __call__(self, data: dict) -> dict:
-        item = dict(data)
-        for key in self.key_iterator(item):
-            if isinstance(item[key], (str, Path)):
-                read = read_membrane_index_labels if key == self.label_key else read_slice
-                slice_ = read(item[key])
-                item[key] = np.array(slice_.T if self.reverse_indexing else slice_)
-        label, image = item.get(self.label_key), item.get("image")
-        if label is not None and image is not None and np.shape(label) != np.shape(image):
-            raise StackError(
-                f"{_source(data[self.label_key])}: label is {np.shape(label)} but its image "
-                f"{_source(data['image'])} is {np.shape(image)}; they must match"
-            )
-        return item
-
-
-def _source(value: object) -> str:
-    return str(value) if isinstance(value, (str, Path)) else "(in-memory slice)"
-
-
-def load_labelled_stack(image_path: str | Path, label_path: str | Path) -> list[dict]:
-    """Read an image stack and its label stack, check they match, and return one item per slice.
-
-    Returns:
-        list of ``{"image": (H, W) array, "label": (H, W) uint8 membrane mask, "slice": z}``.
-    """
-    images = read_stack(image_path)
-    membranes = read_membrane_labels(label_path)
-    if images.shape != membranes.shape:
-        raise StackError(
-            f"{label_path}: label stack has shape {membranes.shape} but image stack {image_path} has "
-            f"{images.shape}; they must match slice for slice"
-        )
-    return [{"image": images[z], "label": membranes[z], "slice": z} for z in range(images.shape[0])]
-
-
-def load_unlabelled_stack(image_path: str | Path) -> list[dict]:
-    """Read an image stack for inference: ``[{"image": (H, W) array, "slice": z}, ...]``."""
-    images = read_stack(image_path)
-    return [{"image": images[z], "slice": z} for z in range(images.shape[0])]
-
-
-def heldout_block(num_slices: int, fold: int, num_folds: int) -> range:
-    """The contiguous block of slices held out in ``fold`` of ``num_folds``-fold cross-validation.
-
-    Neighbouring sections are strongly correlated, so validation uses a contiguous block, never slices
-    interleaved with training ones. With 30 slices and 5 folds, fold 4 holds out slices 24-29.
-    """
-    if num_folds < 2 or not 0 <= fold < num_folds:
-        raise ValueError(
-            f"fold must be in [0, {num_folds}) with num_folds >= 2; got fold={fold}, num_folds={num_folds}"
-        )
-    if num_slices < num_folds:
-        raise StackError(f"{num_slices} slices cannot be split into {num_folds} folds")
-    edges = np.linspace(0, num_slices, num_folds + 1).round().astype(int)
-    return range(edges[fold], edges[fold + 1])
-
-
-def split_slices(items: list[dict], fold: int, num_folds: int, heldout: bool) -> list[dict]:
-    """The training (``heldout=False``) or held-out (``heldout=True``) items of one fold."""
-    block = heldout_block(len(items), fold, num_folds)
-    return [item for item in items if (item["slice"] in block) == heldout]

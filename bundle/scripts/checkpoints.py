@@ -1,0 +1,243 @@
+"""Checkpoints: resumable training state, the resume-and-save wiring, and loading weights with clear errors.
+
+A resume checkpoint (``<output_dir>/checkpoint_epoch=N.pt``) holds everything a run needs to continue as if
+it had never stopped (:func:`checkpoint_objects`); :class:`TrainingCheckpoint` writes one after every epoch
+and, with ``--resume true``, restores the newest complete one (:func:`resume_path`) before training starts. A model file
+(``models/model.pt``) holds only the network's weights; :func:`load_weights` loads it strictly.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+from .errors import InputError
+from .flags import flag
+
+__all__ = [
+    "latest_checkpoint",
+    "BestMetricState",
+    "GradScalerState",
+    "checkpoint_objects",
+    "resume_path",
+    "TrainingCheckpoint",
+    "load_weights",
+]
+
+_CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+
+
+def latest_checkpoint(folder: str | Path) -> str:
+    """The most recently written complete ``checkpoint_epoch=N.pt`` in ``folder`` (for resuming).
+
+    Newest by modification time, so a second run into the same folder resumes from its own checkpoints
+    rather than from an older run's higher epoch; a file cut short by a crash during saving is skipped.
+    """
+    folder = Path(folder)
+    candidates = sorted(
+        (p for p in folder.glob("checkpoint_epoch=*.pt") if _CHECKPOINT_PATTERN.search(p.name)),
+        key=lambda p: (p.stat().st_mtime, int(_CHECKPOINT_PATTERN.search(p.name).group(1))),
+        reverse=True,
+    )
+    for path in candidates:
+        if zipfile.is_zipfile(path):  # torch.save writes a zip archive; a truncated one has no directory
+            return str(path)
+    raise InputError(
+        f"{folder}: no complete checkpoint_epoch=N.pt to resume from; run training without --resume first "
+        "or point --output_dir at the interrupted run's folder"
+    )
+
+
+class BestMetricState:
+    """Makes the evaluator's best key metric part of a resumable checkpoint.
+
+    Ignite saves an engine's epoch and iteration but not MONAI's ``best_metric``, nor which score the
+    key-metric :class:`monai.handlers.CheckpointSaver` last saved ``model.pt`` at; without them a resumed run
+    would overwrite ``model.pt`` with its first, possibly worse, model. Put this object in the checkpoint's
+    ``save_dict`` / ``load_dict`` next to the model and optimizer.
+
+    Args:
+        evaluator: the validation engine.
+        saver: the key-metric ``CheckpointSaver`` attached to it.
+    """
+
+    def __init__(self, evaluator: Engine, saver) -> None:
+        # `_key_metric_checkpoint` is CheckpointSaver's ignite Checkpoint (monai 1.6.1, pinned);
+        # tests/test_handlers.py fails if that changes
+        self.evaluator = evaluator
+        self.saver = saver
+
+    def state_dict(self) -> dict:
+        return {
+            "best_metric": self.evaluator.state.best_metric,
+            "best_metric_epoch": self.evaluator.state.best_metric_epoch,
+            "saved": self.saver._key_metric_checkpoint.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.evaluator.state.best_metric = state["best_metric"]
+        self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
+        self.saver._key_metric_checkpoint.load_state_dict(state["saved"])
+
+
+class GradScalerState:
+    """Makes a trainer's mixed-precision ``GradScaler`` part of a resumable checkpoint.
+
+    MONAI's ``SupervisedTrainer`` creates its scaler inside ``run()`` (only when ``amp`` is on), after the
+    checkpoint's ``save_dict`` is built, so the checkpoint holds this proxy, which reaches the scaler when the
+    checkpoint is saved or loaded. Without it a resumed CUDA run restarts the loss scale from its initial value.
+
+    Args:
+        trainer: the training engine.
+    """
+
+    def __init__(self, trainer: Engine) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict:
+        scaler = getattr(self.trainer, "scaler", None)
+        return scaler.state_dict() if scaler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        scaler = getattr(self.trainer, "scaler", None)
+        if scaler is not None and state:
+            scaler.load_state_dict(state)
+
+
+def checkpoint_objects(
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler,
+    trainer: Engine,
+    evaluator: Engine,
+    best_model_saver: CheckpointSaver,
+    weight_average=None,
+    amp: bool = False,
+) -> dict:
+    """The objects a resume checkpoint saves and restores, by name.
+
+    Args:
+        network: the trained network (``"model"``).
+        optimizer, lr_scheduler, trainer: their state continues where it stopped.
+        evaluator, best_model_saver: the best validation score so far and the model file it was saved at
+            (``"best_metric"``, :class:`BestMetricState`), so a resumed run replaces ``model.pt`` only by a better one.
+        weight_average: the ``EMAHandler`` of the weights, or None when averaging is off (``"averaged_model"``).
+        amp: mixed precision is on, so the loss scale is kept too (``"grad_scaler"``, :class:`GradScalerState`).
+    """
+    objects = {
+        "model": network,
+        "optimizer": optimizer,
+        "lr_scheduler": lr_scheduler,
+        "trainer": trainer,
+        "best_metric": BestMetricState(evaluator, best_model_saver),
+    }
+    if weight_average is not None:
+        objects["averaged_model"] = weight_average.ema_model
+    if amp:
+        objects["grad_scaler"] = GradScalerState(trainer)
+    return objects
+
+
+def resume_path(resume: bool | str, folder: str | Path) -> str | None:
+    """The checkpoint a run resumes from: the newest complete one in ``folder`` when the flag ``resume`` is true.
+
+    train.json evaluates it in ``initialize``, so a bad ``--resume`` value or a folder without checkpoints stops
+    the run before the trainer (and its TensorBoard files) exist.
+
+    Returns:
+        the checkpoint's path, or None when not resuming.
+    """
+    return latest_checkpoint(folder) if flag(resume, "resume") else None
+
+
+class TrainingCheckpoint:
+    """Writes a resume checkpoint after every epoch and, when resuming, restores the given one first.
+
+    Attach it to the trainer after the trainer is built: the checkpoint holds the trainer's own state, so it
+    cannot be one of the trainer's handlers.
+
+    Args:
+        folder: where ``checkpoint_epoch=N.pt`` files go (``output_dir``).
+        objects: what they hold, see :func:`checkpoint_objects`.
+        resume_from: the checkpoint to restore when training starts (:func:`resume_path`), or None.
+        save: write checkpoints (False on all but the first process of a multi-GPU run).
+        map_location: device the restored tensors go to.
+        n_saved: how many of the latest checkpoints to keep.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        objects: dict,
+        resume_from: str | Path | None = None,
+        save: bool = True,
+        map_location: torch.device | str | None = None,
+        n_saved: int = 2,
+    ) -> None:
+        self.loader = self.saver = None
+        if resume_from is not None:
+            self.loader = CheckpointLoader(str(resume_from), load_dict=objects, map_location=map_location)
+        if save:
+            self.saver = CheckpointSaver(str(folder), save_dict=objects, save_interval=1, n_saved=n_saved)
+
+    def attach(self, trainer: Engine) -> None:
+        for handler in (self.loader, self.saver):
+            if handler is not None:
+                handler.attach(trainer)
+
+
+def _state_mismatch(expected: dict, found: dict) -> str:
+    """What keeps ``found`` from loading into a network whose state dict is ``expected``; empty if nothing.
+
+    Checked before loading because ``load_state_dict`` copies the tensors that fit before it raises for the rest.
+    """
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    missing = [name for name in expected if name not in found]
+    unexpected = [name for name in found if name not in expected]
+    resized = [
+        f"{name} {tuple(found[name].shape)} instead of {tuple(value.shape)}"
+        for name, value in expected.items()
+        if name in found and found[name].shape != value.shape
+    ]
+    parts = [
+        f"{label}: {listed(names)}"
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("size mismatch", resized))
+        if names
+    ]
+    return "; ".join(parts)
+
+
+def load_weights(network: torch.nn.Module, path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Load a model file (a state dict, plain or under a ``"model"`` key) into ``network``, strictly.
+
+    Raises:
+        InputError: naming the file, when it is missing, is not PyTorch weights, holds NaN or infinite values, or
+            does not fit ``network`` (missing, unexpected or differently shaped tensors: never a partial load).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: weights file not found; train the bundle first or pass --model_path")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:
+        raise InputError(f"{path}: cannot be read as PyTorch weights ({type(error).__name__}: {error})") from error
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise InputError(f"{path}: is not a state dict of tensors (torch.save(network.state_dict(), path) writes one)")
+    broken = [name for name, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise InputError(f"{path}: weights hold NaN or infinite values ({', '.join(broken[:3])})")
+    problem = _state_mismatch(network.state_dict(), state)
+    if problem:
+        raise InputError(f"{path}: weights do not fit the configured network_def ({problem}); nothing was loaded")
+    network.load_state_dict(state, strict=True)
+    return network

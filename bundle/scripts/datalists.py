@@ -1,0 +1,59 @@
+"""Datalists of EM sections and their cross-validation splits.
+
+A stack becomes one datalist item per section, ``{"image": (H, W) array, "label": (H, W) membrane mask,
+"slice": z}``, so MONAI datasets and transforms treat the shipped stacks and MONAI Label's per-section files
+alike. Splits are contiguous blocks of sections, written out by :func:`heldout_block`: neighbouring sections
+are strongly correlated, so a section never validates a model trained on its neighbours.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .stack_io import StackError, read_membrane_labels, read_stack
+
+__all__ = ["load_labelled_stack", "load_unlabelled_stack", "heldout_block", "split_slices"]
+
+
+def load_labelled_stack(image_path: str | Path, label_path: str | Path) -> list[dict]:
+    """Read an image stack and its label stack, check they match, and return one item per section.
+
+    Returns:
+        list of ``{"image": (H, W) array, "label": (H, W) uint8 membrane mask, "slice": z}``.
+    """
+    images = read_stack(image_path)
+    membranes = read_membrane_labels(label_path)
+    if images.shape != membranes.shape:
+        raise StackError(
+            f"{label_path}: label stack has shape {membranes.shape} but image stack {image_path} has "
+            f"{images.shape}; they must match section for section"
+        )
+    return [{"image": images[z], "label": membranes[z], "slice": z} for z in range(images.shape[0])]
+
+
+def load_unlabelled_stack(image_path: str | Path) -> list[dict]:
+    """Read an image stack for inference: ``[{"image": (H, W) array, "slice": z}, ...]``."""
+    images = read_stack(image_path)
+    return [{"image": images[z], "slice": z} for z in range(images.shape[0])]
+
+
+def heldout_block(num_slices: int, fold: int, num_folds: int) -> range:
+    """The contiguous block of sections held out in ``fold`` of ``num_folds``-fold cross-validation.
+
+    With 30 sections and 5 folds: fold 0 holds out 0-5, fold 1 6-11, ..., fold 4 (the default) 24-29.
+    """
+    if num_folds < 2 or not 0 <= fold < num_folds:
+        raise InputError(f"--fold {fold} --num_folds {num_folds}: fold must be in [0, num_folds) with num_folds >= 2")
+    if num_slices < num_folds:
+        raise InputError(f"--num_folds {num_folds}: {num_slices} sections cannot be split into {num_folds} folds")
+    edges = np.linspace(0, num_slices, num_folds + 1).round().astype(int)
+    return range(edges[fold], edges[fold + 1])
+
+
+def split_slices(items: list[dict], fold: int, num_folds: int, heldout: bool) -> list[dict]:
+    """The training (``heldout=False``) or held-out (``heldout=True``) items of one fold."""
+    block = heldout_block(len(items), fold, num_folds)
+    return [item for item in items if (item["slice"] in block) == heldout]

@@ -1,0 +1,118 @@
+"""Bad input through the real commands: each run stops, its output ends with one line naming the file (or flag)
+and the problem, and nothing that looks like a result is left on disk."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from conftest import BUNDLE, DATA
+from PIL import Image
+
+INFER = ["inferring", "--config_file", "configs/inference.json"]
+TRAIN = ["training", "--config_file", "configs/train.json"]
+
+
+def run_failing(arguments: list[str], tmp_path) -> str:
+    """Runs ``python -m monai.bundle run ...`` writing under tmp_path/out; returns the last line of its output."""
+    command = [sys.executable, "-m", "monai.bundle", "run", *arguments, "--output_dir", str(tmp_path / "out")]
+    result = subprocess.run(
+        command, cwd=BUNDLE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300, check=False
+    )
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    return result.stdout.strip().splitlines()[-1]
+
+
+def _truncated(path):
+    path.write_bytes((DATA / "test-volume.tif").read_bytes()[:2_000_000])
+    return path
+
+
+def _not_an_image(path):
+    path.write_text("section 1: 4 x 4 nm pixels\n")
+    return path
+
+
+def _empty_folder(path):
+    path.mkdir()
+    return path
+
+
+def _colour(path):
+    path = path.with_suffix(".png")
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(path)
+    return path
+
+
+def _nan(path):
+    image = np.random.default_rng(0).random((2, 64, 64), dtype=np.float32)
+    image[1, 10, 10] = np.nan
+    tifffile.imwrite(path, image)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (_truncated, "corrupt or truncated TIFF"),
+        (_not_an_image, "cannot be read as an image"),
+        (lambda path: path, "no such file or folder"),
+        (_empty_folder, "folder holds no .tif/.tiff/.png slices"),
+        (_colour, "is a RGB-mode image; expected single-channel grayscale"),
+        (_nan, "contains NaN or infinite values"),
+    ],
+    ids=["truncated-tiff", "not-an-image", "missing-path", "empty-folder", "colour-image", "nan"],
+)
+def test_bad_input_stacks(tmp_path, make, problem):
+    path = make(tmp_path / "input.tif")
+    last = run_failing([*INFER, "--input_path", str(path)], tmp_path)
+    assert last.startswith("scripts.stack_io.StackError: ") and f"{path}: " in last and problem in last
+
+
+def test_image_and_label_stacks_that_do_not_match(tmp_path):
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    tifffile.imwrite(stacks / "train-volume.tif", tifffile.imread(DATA / "train-volume.tif")[:6, :96, :96])
+    tifffile.imwrite(stacks / "train-labels.tif", tifffile.imread(DATA / "train-labels.tif")[:5, :96, :96])
+    last = run_failing([*TRAIN, "--dataset_dir", str(stacks), "--ckpt_dir", str(tmp_path / "out" / "models")], tmp_path)
+    assert f"{stacks / 'train-labels.tif'}: label stack has shape (5, 96, 96) but image stack" in last
+    assert "they must match section for section" in last
+
+
+def _nan_weights(path):
+    state = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    next(iter(state.values()))[...] = float("nan")
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("weights", "problem"),
+    [
+        (lambda path: path, "weights file not found"),
+        (lambda path: BUNDLE / "models" / "segnet" / "model.pt", "weights do not fit the configured network_def"),
+        (_nan_weights, "weights hold NaN or infinite values"),
+    ],
+    ids=["missing", "wrong-network", "nan"],
+)
+def test_bad_weights(tmp_path, weights, problem):
+    path = weights(tmp_path / "model.pt")
+    last = run_failing([*INFER, "--model_path", str(path)], tmp_path)
+    assert last.startswith("scripts.errors.InputError: ") and f"{path}: {problem}" in last
+
+
+@pytest.mark.parametrize(
+    ("arguments", "flag"),
+    [
+        ([*INFER, "--test_time_augmentation", "maybe"], "test_time_augmentation"),
+        ([*INFER, "--challenge_submission", "2"], "challenge_submission"),
+        ([*TRAIN, "--resume", "maybe", "--ckpt_dir", "{out}/models"], "resume"),
+        ([*TRAIN, "--progress_bar", "maybe", "--ckpt_dir", "{out}/models"], "progress_bar"),
+    ],
+)
+def test_unknown_flag_values(tmp_path, arguments, flag):
+    last = run_failing([argument.format(out=tmp_path / "out") for argument in arguments], tmp_path)
+    assert last.startswith(f"scripts.errors.InputError: --{flag}: ") and "is not a boolean flag value" in last

@@ -1,0 +1,84 @@
+"""Reading stacks, single images and folders, and the errors bad inputs give."""
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import DATA
+from PIL import Image
+
+from scripts.errors import InputError
+from scripts.stack_io import StackError, read_membrane_labels, read_stack
+
+
+def test_reads_the_shipped_stacks():
+    images = read_stack(DATA / "train-volume.tif")
+    assert images.shape == (30, 512, 512) and images.dtype == np.uint8
+    membrane = read_membrane_labels(DATA / "train-labels.tif")
+    assert set(np.unique(membrane)) == {0, 1}
+    assert 0.15 < membrane.mean() < 0.3  # ~22 % of the pixels are membrane
+
+
+def test_folder_of_png_slices_is_read_in_natural_order(tmp_path):
+    for index in (1, 2, 10):
+        Image.fromarray(np.full((8, 6), index, dtype=np.uint8)).save(tmp_path / f"slice_{index}.png")
+    (tmp_path / "notes.txt").write_text("ignored")
+    stack = read_stack(tmp_path)
+    assert stack.shape == (3, 8, 6)
+    assert stack[:, 0, 0].tolist() == [1, 2, 10]
+
+
+def test_single_slice_image_becomes_a_one_slice_stack(tmp_path):
+    tifffile.imwrite(tmp_path / "one.tif", np.zeros((5, 7), dtype=np.uint16))
+    assert read_stack(tmp_path / "one.tif").shape == (1, 5, 7)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p, "no such file"),
+        (lambda p: (p.mkdir(), p)[1], "holds no"),
+        (lambda p: (p.write_bytes(b"II*\x00 not really a tiff"), p)[1], "cannot be read"),
+        (lambda p: (tifffile.imwrite(p, np.zeros((16, 16, 3), np.uint8), photometric="rgb"), p)[1], "colour"),
+        (lambda p: (tifffile.imwrite(p, np.full((2, 4, 4), np.nan, np.float32)), p)[1], "NaN"),
+        (lambda p: (_truncated_stack(p), p)[1], "cannot be read|corrupt or truncated"),
+        (lambda p: (tifffile.imwrite(p, np.zeros((16, 16), np.uint8), colormap=_GREY_MAP), p)[1], "palette"),
+        (lambda p: (Image.new("P", (8, 8)).save(p.with_suffix(".png")), p.with_suffix(".png"))[1], "P-mode"),
+    ],
+    ids=["missing", "empty-folder", "corrupt", "rgb", "nan", "truncated", "palette-tiff", "palette-png"],
+)
+def test_bad_images_fail_with_the_file_named(tmp_path, make, message):
+    path = make(tmp_path / "input.tif")
+    with pytest.raises(StackError, match=message) as error:
+        read_stack(path)
+    assert str(path) in str(error.value)
+
+
+def _truncated_stack(path):
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (5, 64, 64), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+_GREY_MAP = np.tile(np.arange(256, dtype=np.uint16) * 257, (3, 1))
+
+
+def test_a_three_slice_stack_is_not_mistaken_for_colour(tmp_path):
+    tifffile.imwrite(tmp_path / "three.tif", np.zeros((3, 32, 32), np.uint8))  # tifffile tags this planar RGB
+    assert read_stack(tmp_path / "three.tif").shape == (3, 32, 32)
+
+
+def test_folder_slices_of_different_sizes_are_rejected(tmp_path):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a1.png")
+    Image.fromarray(np.zeros((8, 9), np.uint8)).save(tmp_path / "a2.png")
+    with pytest.raises(StackError, match="a2.png.*must match"):
+        read_stack(tmp_path)
+
+
+def test_stack_errors_are_input_errors():
+    assert issubclass(StackError, InputError)
+
+
+def test_non_binary_labels_are_rejected(tmp_path):
+    path = tmp_path / "labels.tif"
+    tifffile.imwrite(path, np.arange(16, dtype=np.uint8).reshape(1, 4, 4))
+    with pytest.raises(StackError, match="labels must be binary"):
+        read_membrane_labels(path)
