@@ -140,6 +140,7 @@ def test_info_lists_the_bundle_as_a_2d_membrane_model_with_a_trainer(server):
     model = server.info["models"]["emseg"]
     assert model["dimension"] == 2 and model["type"] == "segmentation"
     assert model["labels"] == {"membrane": 1}
+    assert model["config"]["model_filename"] == ["model.pt"]  # the SegNet weights in models/segnet/ are not offered
     assert "emseg" in server.info["trainers"]
 
 
