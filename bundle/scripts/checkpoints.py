@@ -2,8 +2,8 @@
 
 A resume checkpoint (``<output_dir>/checkpoint_epoch=N.pt``) holds everything a run needs to continue as if
 it had never stopped (:func:`checkpoint_objects`); :class:`TrainingCheckpoint` writes one after every epoch
-and, with ``--resume true``, restores the newest complete one (:func:`resume_path`) before training starts. A model file
-(``models/model.pt``) holds only the network's weights; :func:`load_weights` loads it strictly.
+and, with ``--resume true``, restores the newest complete one (:func:`resume_path`) before training starts.
+A model file (``models/model.pt``) holds only the network's weights; :func:`load_weights` loads it strictly.
 """
 
 from __future__ import annotations
