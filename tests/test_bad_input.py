@@ -116,3 +116,8 @@ def test_bad_weights(tmp_path, weights, problem):
 def test_unknown_flag_values(tmp_path, arguments, flag):
     last = run_failing([argument.format(out=tmp_path / "out") for argument in arguments], tmp_path)
     assert last.startswith(f"scripts.errors.InputError: --{flag}: ") and "is not a boolean flag value" in last
+
+
+def test_a_bad_pixel_size(tmp_path):
+    last = run_failing([*INFER, "--pixel_size", "[4, 0]"], tmp_path)
+    assert last.startswith("scripts.errors.InputError: --pixel_size: [4, 0] is not a (y, x) pixel size in nm")

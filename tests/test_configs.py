@@ -4,6 +4,7 @@ Each run is a subprocess from the bundle folder with overrides that shrink the d
 patches, batch and schedule; nothing else about the configs is changed.
 """
 
+import csv
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from conftest import BUNDLE, DATA, bundle_config
 from PIL import Image
 
 import scripts.checkpoints
+import scripts.stack_io
 
 TRAIN = ["--config_file", "configs/train.json"]
 EVALUATE = ["--config_file", "['configs/train.json','configs/evaluate.json']"]
@@ -123,6 +125,25 @@ def test_inference_writes_probability_and_segmentation_stacks(trained, tiny_stac
     assert set(np.unique(segmentation)) <= {0, 255}
     np.testing.assert_array_equal(segmentation == 255, probability < 0.6)  # interior below the membrane threshold
     np.testing.assert_allclose(submission, 1.0 - probability)
+    cells = tifffile.imread(tmp_path / "test-volume_cells.tif")
+    assert cells.dtype == np.uint32 and cells.shape == (3, 96, 96)
+    ids = [set(np.unique(section)) - {0} for section in cells]
+    assert all(ids) and not ids[0] & ids[1] and not ids[1] & ids[2]  # unique across sections
+    rows = list(csv.DictReader((tmp_path / "test-volume_cells.csv").open()))
+    assert sorted(int(row["id"]) for row in rows) == sorted(set().union(*ids))
+    assert "area_nm2" not in rows[0]  # the tiny stack records no pixel size
+
+
+def test_inference_keeps_the_pixel_size_given_on_the_command_line(trained, tiny_stack_dir, tmp_path):
+    _, ckpt_dir, _ = trained
+    bundle_run(
+        "inferring", INFER, "--dataset_dir", str(tiny_stack_dir), "--ckpt_dir", str(ckpt_dir),
+        "--output_dir", str(tmp_path), "--pixel_size", "[4, 4]",
+    )  # fmt: skip
+    for name in ("membrane_probability", "segmentation", "cells"):
+        assert scripts.stack_io.read_pixel_size(tmp_path / f"test-volume_{name}.tif") == pytest.approx((4.0, 4.0))
+    row = next(csv.DictReader((tmp_path / "test-volume_cells.csv").open()))
+    assert float(row["area_nm2"]) == pytest.approx(16 * float(row["area_px"]))
 
 
 def test_inference_on_a_folder_of_png_slices_of_any_size(trained, tmp_path):

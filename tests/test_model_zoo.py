@@ -272,6 +272,9 @@ def test_inference_and_evaluation_configs_pass_the_bundle_workflow_property_chec
     check_workflow(workflow)
     written = sorted(path.name for path in tmp_path.iterdir())
     if "inference.json" in configs:
-        assert written == ["test-volume_membrane_probability.tif", "test-volume_segmentation.tif"]
+        assert written == [
+            "test-volume_cells.csv", "test-volume_cells.tif", "test-volume_membrane_probability.tif",
+            "test-volume_segmentation.tif",
+        ]  # fmt: skip
     else:
         assert "metrics.json" in written

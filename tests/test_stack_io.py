@@ -7,7 +7,7 @@ from conftest import DATA
 from PIL import Image
 
 from scripts.errors import InputError
-from scripts.stack_io import StackError, read_membrane_labels, read_stack
+from scripts.stack_io import StackError, read_membrane_labels, read_pixel_size, read_stack
 
 
 def test_reads_the_shipped_stacks():
@@ -82,3 +82,40 @@ def test_non_binary_labels_are_rejected(tmp_path):
     tifffile.imwrite(path, np.arange(16, dtype=np.uint8).reshape(1, 4, 4))
     with pytest.raises(StackError, match="labels must be binary"):
         read_membrane_labels(path)
+
+
+def _png(path):
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(path)
+    return path
+
+
+def _written(path, **options):
+    tifffile.imwrite(path, np.zeros((2, 8, 8), np.uint8), **options)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("write", "expected"),
+    [
+        (lambda p: _written(p, resolution=(1e7 / 4, 1e7 / 5), resolutionunit="CENTIMETER"), (5.0, 4.0)),
+        (lambda p: _written(p, resolution=(2.54e7 / 8, 2.54e7 / 8), resolutionunit="INCH"), (8.0, 8.0)),
+        (lambda p: _written(p, imagej=True, resolution=(250, 250), metadata={"unit": "um"}), (4.0, 4.0)),
+        (
+            lambda p: _written(
+                p.with_suffix(".ome.tif"), ome=True, metadata={"PhysicalSizeX": 0.004, "PhysicalSizeY": 0.006}
+            ),
+            (6.0, 4.0),
+        ),
+        (lambda p: _written(p), None),  # no unit, as the shipped stacks
+        (lambda p: _png(p.with_suffix(".png")), None),
+    ],
+    ids=["tiff-cm", "tiff-inch", "imagej-um", "ome", "no-unit", "png"],
+)
+def test_pixel_size_is_read_from_the_file_in_nm(tmp_path, write, expected):
+    path = write(tmp_path / "stack.tif")
+    size = read_pixel_size(path)
+    assert size is None if expected is None else size == pytest.approx(expected)
+
+
+def test_the_shipped_stacks_record_no_pixel_size():
+    assert read_pixel_size(DATA / "test-volume.tif") is None  # 4 x 4 nm, given with --pixel_size '[4, 4]'

@@ -1,13 +1,15 @@
 """Custom pieces of the emseg bundle, referenced from the configs as ``scripts.<module>.<name>``.
 
 Modules by kind: ``stack_io`` (reading stacks), ``datalists`` (items and folds), ``transforms``, ``losses``,
-``metrics``, ``networks``, ``inferers``, ``averaging`` (weight average), ``checkpoints`` (resume and model
-files), ``writers``, ``progress``, ``report`` (evaluation), ``distributed`` (torchrun), ``flags`` and
-``errors``. Importing the package makes an uncaught :class:`scripts.errors.InputError` the last line printed.
+``metrics``, ``networks``, ``inferers``, ``cells`` (instances and their table), ``averaging`` (weight
+average), ``checkpoints`` (resume and model files), ``writers``, ``progress``, ``report`` (evaluation),
+``distributed`` (torchrun), ``flags`` and ``errors``. Importing the package makes an uncaught
+:class:`scripts.errors.InputError` the last line printed.
 """
 
 from . import (  # noqa: F401  (configs reach them as attributes of ``scripts``)
     averaging,
+    cells,
     checkpoints,
     datalists,
     distributed,

@@ -31,6 +31,7 @@ __all__ = [
     "read_slice",
     "read_membrane_labels",
     "read_membrane_index_labels",
+    "read_pixel_size",
 ]
 
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
@@ -196,3 +197,72 @@ def read_membrane_index_labels(path: str | Path) -> np.ndarray:
             "--image_path/--label_path instead"
         )
     return labels.astype(np.uint8)
+
+
+_LENGTH_IN_NM = {
+    "nm": 1.0,
+    "nanometer": 1.0,
+    "µm": 1e3,
+    "\u03bcm": 1e3,  # Greek mu, which some writers use for the micro sign
+    "um": 1e3,
+    "micron": 1e3,
+    "micrometer": 1e3,
+    "mm": 1e6,
+    "millimeter": 1e6,
+    "cm": 1e7,
+    "centimeter": 1e7,
+    "m": 1e9,
+    "meter": 1e9,
+    "inch": 2.54e7,
+}
+_RESOLUTION_UNIT_NM = {2: 2.54e7, 3: 1e7}  # TIFF ResolutionUnit: 2 = inch, 3 = centimetre (1 = none)
+
+
+def _ome_pixel_size(ome_xml: str) -> tuple[float, float] | None:
+    import xml.etree.ElementTree as ElementTree
+
+    for element in ElementTree.fromstring(ome_xml).iter():
+        if element.tag.endswith("Pixels") and "PhysicalSizeX" in element.attrib:
+            sizes = []
+            for axis in ("Y", "X"):
+                size = float(element.attrib.get(f"PhysicalSize{axis}", element.attrib["PhysicalSizeX"]))
+                unit = element.attrib.get(f"PhysicalSize{axis}Unit", "µm")
+                sizes.append(size * _LENGTH_IN_NM.get(unit, float("nan")))
+            return tuple(sizes) if np.isfinite(sizes).all() else None
+    return None
+
+
+def _tiff_pixel_size(path: Path) -> tuple[float, float] | None:
+    with tifffile.TiffFile(path) as tiff:
+        if tiff.is_ome and tiff.ome_metadata:
+            return _ome_pixel_size(tiff.ome_metadata)
+        tags = tiff.pages[0].tags
+        if "XResolution" not in tags or "YResolution" not in tags:
+            return None
+        unit = _RESOLUTION_UNIT_NM.get(int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2)
+        if tiff.is_imagej and tiff.imagej_metadata and "unit" in tiff.imagej_metadata:
+            unit = _LENGTH_IN_NM.get(str(tiff.imagej_metadata["unit"]).strip().lower())
+        if unit is None:
+            return None
+        (y_count, y_length), (x_count, x_length) = tags["YResolution"].value, tags["XResolution"].value
+        if not (y_count and x_count):
+            return None
+        return (unit * y_length / y_count, unit * x_length / x_count)
+
+
+def read_pixel_size(path: str | Path) -> tuple[float, float] | None:
+    """The (y, x) pixel size in nm a stack's file records, or None when it records none.
+
+    Read from OME-TIFF ``PhysicalSizeY/X``, ImageJ TIFF (resolution tags in its ``unit``), or the TIFF
+    resolution tags with ResolutionUnit inch or centimetre; a folder gives its first slice's. PNG files and
+    TIFFs without a unit (ResolutionUnit none, as the shipped ISBI stacks) give None.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = list_slice_files(path)[0]
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        return _tiff_pixel_size(path)
+    except Exception as error:  # the pixels were read already; unreadable metadata is reported, not guessed
+        raise StackError(f"{path}: cannot read its pixel size ({type(error).__name__}: {error})") from error

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import tifffile
+import torch
 from ignite.engine import Engine, Events
 
+from .cells import CELL_METHODS, cell_table, label_cell_stack
 from .errors import InputError
 from .flags import flag
 
-__all__ = ["atomic_write", "SliceCollector", "StackWriter"]
+__all__ = ["atomic_write", "tiff_bytes", "csv_bytes", "SliceCollector", "StackWriter"]
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -34,17 +38,40 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def tiff_bytes(stack: np.ndarray, pixel_size: Sequence[float] | None = None) -> bytes:
+    """A (Z, H, W) stack as a zlib-compressed grayscale TIFF, with resolution tags when the (y, x) pixel size in nm
+    is known (so Fiji, napari and :func:`scripts.stack_io.read_pixel_size` read it back)."""
+    options = {}
+    if pixel_size is not None:
+        y_nm, x_nm = (float(size) for size in pixel_size)
+        options = {"resolution": (1e7 / x_nm, 1e7 / y_nm), "resolutionunit": "CENTIMETER"}
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, stack, photometric="minisblack", compression="zlib", metadata={"axes": "ZYX"}, **options)
+    return buffer.getvalue()
+
+
+def csv_bytes(columns: dict[str, np.ndarray]) -> bytes:
+    """Equal-length columns as CSV with a header row; integers as integers, floats to 10 significant digits."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(list(columns))
+    formatted = [
+        [str(v) for v in values.tolist()] if np.issubdtype(values.dtype, np.integer) else [f"{v:.10g}" for v in values]
+        for values in columns.values()
+    ]
+    writer.writerows(zip(*formatted, strict=True))
+    return buffer.getvalue().encode()
+
+
 def _item_arrays(engine: Engine) -> list[dict]:
-    """The current iteration's decollated items as numpy arrays: image, pred and (if present) label, slice."""
+    """The current iteration's decollated items as (H, W) numpy arrays: image, pred and, where present, label and
+    raw_image (the intensities before scaling), with the slice index."""
     items = []
     for batch_item, output_item in zip(engine.state.batch, engine.state.output, strict=True):
-        item = {
-            "slice": int(batch_item["slice"]),
-            "image": batch_item["image"].detach().cpu().numpy()[0],
-            "pred": output_item["pred"].detach().float().cpu().numpy()[0],
-        }
-        if "label" in batch_item:
-            item["label"] = batch_item["label"].detach().cpu().numpy()[0]
+        item = {"slice": int(batch_item["slice"]), "pred": output_item["pred"].detach().float().cpu().numpy()[0]}
+        for key in ("image", "label", "raw_image"):
+            if key in batch_item:
+                item[key] = torch.as_tensor(batch_item[key]).detach().cpu().numpy()[0]
         items.append(item)
     return items
 
@@ -66,24 +93,31 @@ class SliceCollector:
 
 
 class StackWriter:
-    """Writes an inference run's sections as TIFF stacks once the evaluator finishes.
+    """Writes an inference run's sections as TIFF stacks and its cells as a table once the evaluator finishes.
 
     Files (``<name>`` = the input file's stem or folder name):
 
     * ``<name>_membrane_probability.tif``: float32 (Z, H, W), membrane probability ``p`` in [0, 1];
     * ``<name>_segmentation.tif``: uint8 (Z, H, W), 255 = cell interior, 0 = membrane (the labels' convention),
       membrane where ``p >= membrane_threshold``;
+    * ``<name>_cells.tif``: uint32 (Z, H, W), one id per cell, unique across the stack, 0 = membrane lines
+      (:func:`scripts.cells.label_cell_stack`, each section in 2D);
+    * ``<name>_cells.csv``: one row per cell (:func:`scripts.cells.cell_table`), intensities of the raw image;
     * with ``challenge_submission`` also ``<name>_isbi2012_submission.tif``: float32 interior probability
       ``1 - p``, the map the ISBI 2012 scorer expects.
 
-    All stacks are encoded before the first is written, and each is written atomically, so a failed run leaves
-    no partial set of files. Probabilities that are not finite (a diverged network) stop the run unwritten.
+    TIFFs carry the pixel size when it is known. Every file is encoded before the first is written, and each
+    is written atomically, so a failed run leaves no partial set of files. Probabilities that are not finite (a
+    diverged network) stop the run unwritten.
 
     Args:
-        output_dir: folder for the stacks (created when writing).
+        output_dir: folder for the files (created when writing).
         name: base name of the files.
         membrane_threshold: membrane where the probability is at least this.
         challenge_submission: also write the ISBI 2012 submission stack (a flag, see :func:`scripts.flags.flag`).
+        pixel_size: (y, x) pixel size in nm, or None (tables in pixel units only).
+        cell_method: how sections become cells, one of :data:`scripts.cells.CELL_METHODS`.
+        min_cell_size: cells of fewer pixels merge into their neighbours.
     """
 
     def __init__(
@@ -92,11 +126,18 @@ class StackWriter:
         name: str,
         membrane_threshold: float = 0.5,
         challenge_submission: bool | str = False,
+        pixel_size: Sequence[float] | None = None,
+        cell_method: str = "components",
+        min_cell_size: int = 0,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.name = name
         self.membrane_threshold = membrane_threshold
         self.challenge_submission = flag(challenge_submission, "challenge_submission")
+        self.pixel_size = _checked_pixel_size(pixel_size)
+        if cell_method not in CELL_METHODS:
+            raise InputError(f"--cell_method: {cell_method!r} is not one of {', '.join(CELL_METHODS)}")
+        self.cell_options = {"membrane_threshold": membrane_threshold, "method": cell_method, "min_size": min_cell_size}
         self.collector = SliceCollector()
         self.written: list[Path] = []
 
@@ -105,27 +146,46 @@ class StackWriter:
         engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _write(self, engine: Engine) -> None:
-        probability = np.stack([item["pred"] for item in self.collector.items]).astype(np.float32)
+        items = self.collector.items
+        probability = np.stack([item["pred"] for item in items]).astype(np.float32)
         if not np.isfinite(probability).all():
-            bad = sorted({int(item["slice"]) for item in self.collector.items if not np.isfinite(item["pred"]).all()})
+            bad = sorted({int(item["slice"]) for item in items if not np.isfinite(item["pred"]).all()})
             raise InputError(
                 f"{self.name}: the network gave NaN or infinite membrane probabilities on sections {bad[:10]}; "
                 "check the weights (--model_path) and the input; nothing was written"
             )
+        cells = label_cell_stack(probability, **self.cell_options)
+        raw = np.stack([item.get("raw_image", item["image"]) for item in items])
         stacks = {
             "membrane_probability": probability,
             "segmentation": np.where(probability >= self.membrane_threshold, 0, 255).astype(np.uint8),
+            "cells": cells,
         }
         if self.challenge_submission:
             stacks["isbi2012_submission"] = 1.0 - probability
-        encoded = {}
-        for suffix, stack in stacks.items():
-            buffer = io.BytesIO()
-            tifffile.imwrite(buffer, stack, photometric="minisblack", compression="zlib", metadata={"axes": "ZYX"})
-            encoded[self.output_dir / f"{self.name}_{suffix}.tif"] = buffer.getvalue()
+        encoded = {
+            self.output_dir / f"{self.name}_{suffix}.tif": tiff_bytes(s, self.pixel_size)
+            for suffix, s in stacks.items()
+        }
+        encoded[self.output_dir / f"{self.name}_cells.csv"] = csv_bytes(cell_table(cells, raw, self.pixel_size))
         for path, data in encoded.items():
             atomic_write(path, data)
         self.written = list(encoded)
         logging.getLogger("StackWriter").info(
-            "wrote %s (%d sections of %dx%d)", ", ".join(str(p) for p in self.written), *probability.shape
+            "wrote %s (%d sections of %dx%d, %d cells)",
+            ", ".join(str(p) for p in self.written),
+            *probability.shape,
+            int(cells.max()),
         )
+
+
+def _checked_pixel_size(pixel_size: Sequence[float] | None) -> tuple[float, float] | None:
+    if pixel_size is None:
+        return None
+    try:
+        sizes = tuple(float(size) for size in pixel_size)
+    except (TypeError, ValueError):
+        sizes = ()
+    if len(sizes) != 2 or not all(np.isfinite(sizes)) or min(sizes) <= 0:
+        raise InputError(f"--pixel_size: {pixel_size!r} is not a (y, x) pixel size in nm, e.g. '[4, 4]'")
+    return sizes

@@ -1,0 +1,121 @@
+"""Cells from membrane probabilities, on synthetic sections whose cells are known, and the per-cell table."""
+
+import numpy as np
+import pytest
+
+from scripts.cells import CELL_COLUMNS, cell_table, label_cell_stack, label_cells
+
+
+def grid_section(cells_per_side: int = 3, cell: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Square cells separated by 1-pixel membrane lines, the outer ones touching the image edge:
+    (membrane probability, expected cell ids)."""
+    size = cells_per_side * (cell + 1) - 1
+    membrane = np.zeros((size, size), dtype=np.float32)
+    membrane[cell :: cell + 1, :] = membrane[:, cell :: cell + 1] = 1.0
+    expected = np.zeros((size, size), dtype=np.int32)
+    for row in range(cells_per_side):
+        for column in range(cells_per_side):
+            top, left = row * (cell + 1), column * (cell + 1)
+            expected[top : top + cell, left : left + cell] = row * cells_per_side + column + 1
+    return membrane, expected
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to renaming the ids (0 stays 0)."""
+    pairs = set(zip(a.ravel().tolist(), b.ravel().tolist(), strict=True))
+    return len(pairs) == len(np.unique(a)) == len(np.unique(b)) and ((a == 0) == (b == 0)).all()
+
+
+def test_a_synthetic_section_with_known_cells_comes_back_exactly():
+    membrane, expected = grid_section()
+    cells = label_cells(membrane, membrane_threshold=0.5)
+    assert cells.max() == 9 and same_partition(cells, expected)
+
+
+def test_thick_membranes_are_given_to_the_cells_up_to_one_pixel_lines():
+    membrane = np.zeros((9, 13), dtype=np.float32)
+    membrane[:, 5:8] = 0.9  # a 3-pixel membrane between two cells
+    cells = label_cells(membrane, membrane_threshold=0.5)
+    assert cells.max() == 2 and (cells[:, 6] == 0).all() and (cells[:, :6] == 1).all() and (cells[:, 7:] == 2).all()
+
+
+def test_ids_are_unique_across_sections_and_the_stack_is_uint32():
+    membrane, _ = grid_section()
+    cells = label_cell_stack(np.stack([membrane, membrane, np.zeros_like(membrane)]), membrane_threshold=0.5)
+    assert cells.dtype == np.uint32
+    assert [sorted(set(np.unique(s)) - {0}) for s in cells] == [list(range(1, 10)), list(range(10, 19)), [19]]
+
+
+def test_a_section_with_no_membrane_is_one_cell_and_one_with_no_interior_has_none():
+    assert (label_cells(np.zeros((8, 8)), 0.5) == 1).all()
+    assert (label_cells(np.ones((8, 8)), 0.5) == 0).all()
+
+
+def test_more_than_65535_cells_keep_their_own_ids():
+    membrane, _ = grid_section(cells_per_side=100, cell=2)  # 10,000 cells per section
+    cells = label_cell_stack(np.stack([membrane] * 7), membrane_threshold=0.5)
+    assert cells.max() == 70_000 and len(np.unique(cells)) == 70_001
+
+
+def test_small_fragments_merge_into_their_neighbours():
+    membrane = np.zeros((12, 13), dtype=np.float32)
+    membrane[:, 6] = 1.0  # two cells
+    membrane[3, 0:4] = membrane[0:4, 3] = 1.0  # and a 3x3 fragment walled off in the corner of the left one
+    assert label_cells(membrane, 0.5).max() == 3
+    merged = label_cells(membrane, 0.5, min_size=10)
+    assert merged.max() == 2 and merged[1, 1] == merged[8, 2] != merged[5, 10]
+
+
+def test_the_distance_watershed_splits_cells_joined_through_a_gap():
+    membrane = np.ones((40, 70), dtype=np.float32)
+    yy, xx = np.mgrid[:40, :70]
+    for centre in (18, 51):
+        membrane[(yy - 20) ** 2 + (xx - centre) ** 2 < 15**2] = 0.0
+    membrane[20, 30:40] = 0.0  # a 1-pixel gap in the membrane between the two cells
+    assert label_cells(membrane, 0.5, method="components").max() == 1
+    split = label_cells(membrane, 0.5, method="watershed", min_distance=10)
+    assert split.max() == 2 and split[20, 18] != split[20, 51]
+
+
+@pytest.mark.parametrize(
+    ("probability", "message"),
+    [(np.full((4, 4), np.nan), "NaN"), (np.zeros((2, 4, 4)), r"\(H, W\)")],
+)
+def test_bad_probabilities_are_rejected(probability, message):
+    with pytest.raises(ValueError, match=message):
+        label_cells(probability, 0.5)
+    with pytest.raises(ValueError, match="method"):
+        label_cells(np.zeros((4, 4)), 0.5, method="magic")
+
+
+def test_the_table_has_one_row_per_cell_and_its_areas_sum_to_the_labelled_pixels():
+    membrane, _ = grid_section()
+    cells = label_cell_stack(np.stack([membrane, membrane]), membrane_threshold=0.5)
+    image = np.random.default_rng(0).integers(0, 255, cells.shape).astype(np.uint8)
+    table = cell_table(cells, image)
+    assert tuple(table) == tuple(c for c in CELL_COLUMNS if not c.endswith(("_nm", "_nm2")))
+    assert table["id"].tolist() == list(range(1, 19)) and table["section"].tolist() == [0] * 9 + [1] * 9
+    assert table["area_px"].sum() == (cells > 0).sum() and set(table["area_px"]) == {36.0}
+    first = cells[0] == 1
+    assert table["intensity_mean"][0] == pytest.approx(image[0][first].mean())
+    assert table["intensity_max"][0] == image[0][first].max()
+    assert table["centroid_y_px"][0] == pytest.approx(2.5) and table["eccentricity"][0] == pytest.approx(0.0)
+
+
+def test_the_table_gives_physical_units_for_anisotropic_pixels():
+    membrane, _ = grid_section()
+    cells = label_cell_stack(membrane[None], membrane_threshold=0.5)
+    table = cell_table(cells, np.zeros(cells.shape), pixel_size=(5.0, 4.0))
+    np.testing.assert_allclose(table["area_nm2"], table["area_px"] * 20.0)
+    np.testing.assert_allclose(table["centroid_y_nm"], table["centroid_y_px"] * 5.0)
+    np.testing.assert_allclose(table["centroid_x_nm"], table["centroid_x_px"] * 4.0)
+    assert table["major_axis_px"][0] == pytest.approx(table["minor_axis_px"][0])  # a square in pixels
+    assert table["major_axis_nm"][0] == pytest.approx(table["minor_axis_nm"][0] * 5 / 4)  # 6 x 6 px = 30 x 24 nm
+    assert np.isnan(table["perimeter_nm"]).all()  # regionprops measures perimeters with square pixels only
+    square = cell_table(cells, np.zeros(cells.shape), pixel_size=(4.0, 4.0))
+    np.testing.assert_allclose(square["perimeter_nm"], square["perimeter_px"] * 4.0)
+
+
+def test_a_stack_without_cells_gives_an_empty_but_complete_table():
+    table = cell_table(np.zeros((2, 5, 5), np.uint32), np.zeros((2, 5, 5)), pixel_size=(4.0, 4.0))
+    assert tuple(table) == CELL_COLUMNS and all(len(values) == 0 for values in table.values())
