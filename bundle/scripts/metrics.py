@@ -48,18 +48,21 @@ __all__ = [
 CHALLENGE_THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(11))
 
 
-def thinned_segmentation(interior: np.ndarray) -> np.ndarray:
+def thinned_segmentation(interior: np.ndarray, seeds: np.ndarray | None = None) -> np.ndarray:
     """Label a binary interior map, splitting touching regions along 1-pixel watershed lines.
 
     Args:
         interior: (H, W) bool, True = cell interior.
+        seeds: (H, W) int markers to flood from; default (the scorer's) the 4-connected components of
+            ``interior``. ``scripts.cells`` passes them with small components removed.
 
     Returns:
         (H, W) int32 labels: 1..K for segments, 0 for the 1-pixel boundary lines between them.
     """
-    seeds = connected_components(interior, connectivity=1)
+    if seeds is None:
+        seeds = connected_components(interior, connectivity=1)
     if seeds.max() == 0:
-        return seeds.astype(np.int32)
+        return np.zeros(interior.shape, dtype=np.int32)
     relief = (~interior).astype(np.uint8)
     return watershed(relief, markers=seeds, connectivity=1, watershed_line=True).astype(np.int32)
 
