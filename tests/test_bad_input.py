@@ -121,3 +121,8 @@ def test_unknown_flag_values(tmp_path, arguments, flag):
 def test_a_bad_pixel_size(tmp_path):
     last = run_failing([*INFER, "--pixel_size", "[4, 0]"], tmp_path)
     assert last.startswith("scripts.errors.InputError: --pixel_size: [4, 0] is not a (y, x) pixel size in nm")
+
+
+def test_an_unknown_cell_method(tmp_path):
+    last = run_failing([*INFER, "--cells#method", "magic"], tmp_path)
+    assert last.startswith("scripts.errors.InputError: --cells#method: 'magic' is not one of components, watershed")

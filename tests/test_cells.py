@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from scripts.cells import CELL_COLUMNS, cell_table, label_cell_stack, label_cells
+from scripts.cells import CELL_COLUMNS, CELL_METHODS, CellLabeller, cell_table, label_cell_stack, label_cells
+from scripts.errors import InputError
 
 
 def grid_section(cells_per_side: int = 3, cell: int = 6) -> tuple[np.ndarray, np.ndarray]:
@@ -26,10 +27,19 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return len(pairs) == len(np.unique(a)) == len(np.unique(b)) and ((a == 0) == (b == 0)).all()
 
 
-def test_a_synthetic_section_with_known_cells_comes_back_exactly():
+@pytest.mark.parametrize("method", CELL_METHODS)
+def test_a_synthetic_section_with_known_cells_comes_back_exactly(method):
     membrane, expected = grid_section()
-    cells = label_cells(membrane, membrane_threshold=0.5)
+    cells = label_cells(membrane, membrane_threshold=0.5, method=method)
     assert cells.max() == 9 and same_partition(cells, expected)
+
+
+@pytest.mark.parametrize("method", CELL_METHODS)
+def test_noisy_probabilities_of_known_cells_come_back_exactly(method):
+    membrane, expected = grid_section(cells_per_side=4, cell=12)
+    noisy = np.clip(membrane * 0.8 + np.random.default_rng(0).uniform(0.0, 0.2, membrane.shape), 0, 1)
+    cells = label_cells(noisy, membrane_threshold=0.5, method=method)
+    assert same_partition(cells, expected)
 
 
 def test_thick_membranes_are_given_to_the_cells_up_to_one_pixel_lines():
@@ -46,9 +56,11 @@ def test_ids_are_unique_across_sections_and_the_stack_is_uint32():
     assert [sorted(set(np.unique(s)) - {0}) for s in cells] == [list(range(1, 10)), list(range(10, 19)), [19]]
 
 
-def test_a_section_with_no_membrane_is_one_cell_and_one_with_no_interior_has_none():
-    assert (label_cells(np.zeros((8, 8)), 0.5) == 1).all()
-    assert (label_cells(np.ones((8, 8)), 0.5) == 0).all()
+@pytest.mark.parametrize("method", CELL_METHODS)
+def test_a_section_with_no_membrane_is_one_cell_and_one_with_no_interior_has_none(method):
+    assert (label_cells(np.zeros((8, 8)), 0.5, method=method) == 1).all()
+    assert (label_cells(np.zeros((40, 40)), 0.5, method=method) == 1).all()  # long-range offsets fit here
+    assert (label_cells(np.ones((8, 8)), 0.5, method=method) == 0).all()
 
 
 def test_more_than_65535_cells_keep_their_own_ids():
@@ -73,8 +85,46 @@ def test_the_distance_watershed_splits_cells_joined_through_a_gap():
         membrane[(yy - 20) ** 2 + (xx - centre) ** 2 < 15**2] = 0.0
     membrane[20, 30:40] = 0.0  # a 1-pixel gap in the membrane between the two cells
     assert label_cells(membrane, 0.5, method="components").max() == 1
-    split = label_cells(membrane, 0.5, method="watershed", min_distance=10)
+    split = label_cells(membrane, 0.5, method="watershed", seed_depth=3)
     assert split.max() == 2 and split[20, 18] != split[20, 51]
+    # agglomeration starts from the same fragments and keeps them apart across the strong membrane around the gap
+    agglomerated = label_cells(membrane, 0.5, method="agglomeration", seed_depth=3, merge_threshold=0.5)
+    assert agglomerated.max() == 2 and agglomerated[20, 18] != agglomerated[20, 51]
+
+
+def test_agglomeration_merges_fragments_across_weak_boundaries_only():
+    membrane = np.zeros((30, 61), dtype=np.float32)
+    membrane[:, 20] = 0.3  # a faint line: the two left fragments are one cell
+    membrane[:, 40] = 0.9  # a real membrane
+    fragments = label_cells(membrane, 0.5, method="watershed")  # the faint line is below the threshold
+    assert fragments.max() == 2
+    oversplit = label_cells(membrane, 0.2, method="agglomeration", merge_threshold=0.1)
+    merged = label_cells(membrane, 0.2, method="agglomeration", merge_threshold=0.5)
+    assert oversplit.max() == 3 and merged.max() == 2 and merged[5, 5] == merged[5, 30] != merged[5, 50]
+
+
+def test_the_mutex_watershed_separates_cells_its_long_range_repulsion_spans():
+    membrane = np.zeros((30, 61), dtype=np.float32)
+    membrane[:, 30] = 0.6  # below the threshold: one component for "components"
+    assert label_cells(membrane, 0.7).max() == 1
+    # across the line, attraction 1 - 0.6 = 0.4 against repulsion 0.4 - bias: repulsion wins where bias > 0.8
+    weak = label_cells(membrane, 0.7, method="mutex_watershed", long_range=5, repulsion_bias=0.2)
+    strong = label_cells(membrane, 0.7, method="mutex_watershed", long_range=5, repulsion_bias=0.9)
+    assert weak.max() == 1
+    left, right = strong[:, :28], strong[:, 33:]  # (the line itself, repelled from both sides, is cut in pieces)
+    assert len(np.unique(left)) == len(np.unique(right)) == 1 and left[0, 0] != right[0, 0]
+
+
+def test_the_cell_labeller_holds_a_method_and_its_parameters():
+    membrane, expected = grid_section()
+    labeller = CellLabeller("watershed", membrane_threshold=0.5, seed_depth=2.0, min_size=4)
+    assert same_partition(labeller(membrane), expected)
+    assert labeller.stack(np.stack([membrane] * 2)).max() == 18
+    assert "watershed" in repr(labeller)
+    with pytest.raises(InputError, match=r"--cells#method: 'magic' is not one of components, watershed"):
+        CellLabeller("magic")
+    with pytest.raises(InputError, match="cells: .*seed_dept"):
+        CellLabeller("watershed", seed_dept=2.0)
 
 
 @pytest.mark.parametrize(

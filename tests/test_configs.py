@@ -86,13 +86,26 @@ def test_evaluate_writes_metrics_for_the_heldout_slices(trained, tiny_stack_dir,
         "--output_dir", str(tmp_path),
     )  # fmt: skip
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["slices"] == [8, 9]  # fold 4 of 5 over 10 slices
-    assert metrics["fixed_threshold_source"].startswith("best mean V_rand on the training slices [0, 1,")
+    assert metrics["slices"] == [8, 9]  # fold 4 of 5 over 10 slices: test 8-9, validation 6-7
+    assert metrics["fixed_threshold_source"] == "best mean V_rand on the validation slices [6, 7]"
+    assert [row["slice"] for row in metrics["cells"]["per_slice"]] == [8, 9]
+    assert metrics["cells"]["labeller"] == cell_options("configs/evaluate.json")
+    assert metrics["cells"]["mean"]["true_cells"] > 0 and 0.0 <= metrics["cells"]["mean"]["v_rand"] <= 1.0
+    assert "cell_v_rand" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
     for value in (*metrics["mean_at_fixed_threshold"].values(), metrics["max_over_thresholds"]["v_rand"]):
         assert 0.0 <= value <= 1.0
     assert metrics["max_over_thresholds"]["v_rand"] >= metrics["mean_at_fixed_threshold"]["v_rand"] - 1e-12
     assert (tmp_path / "metrics.csv").read_text().splitlines()[-1].startswith("mean,")
     assert (tmp_path / "evaluation.png").stat().st_size > 0
+
+
+def cell_options(config_file: str) -> dict:
+    cells = bundle_config([config_file]).get("cells")
+    return {key: value for key, value in cells.items() if not key.startswith("_")}
+
+
+def test_evaluation_scores_the_cells_inference_writes():
+    assert cell_options("configs/evaluate.json") == cell_options("configs/inference.json")
 
 
 def test_evaluate_with_a_given_threshold_and_test_time_augmentation(trained, tiny_stack_dir, tmp_path):

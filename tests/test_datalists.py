@@ -1,10 +1,16 @@
-"""Datalist items from stacks and the contiguous fold split."""
+"""Datalist items from stacks and the contiguous fold split into training, validation and test sections."""
 
 import numpy as np
 import pytest
 import tifffile
 
-from scripts.datalists import heldout_block, load_labelled_stack, load_unlabelled_stack, split_slices
+from scripts.datalists import (
+    heldout_block,
+    load_labelled_stack,
+    load_unlabelled_stack,
+    split_sections,
+    validation_block,
+)
 from scripts.errors import InputError
 from scripts.stack_io import StackError
 
@@ -32,15 +38,25 @@ def test_folds_are_contiguous_blocks_covering_every_slice_once():
     assert all(len(block) == 6 for block in blocks)
 
 
-def test_split_separates_training_and_heldout_slices():
-    items = [{"slice": z} for z in range(10)]
-    heldout = split_slices(items, fold=1, num_folds=5, heldout=True)
-    training = split_slices(items, fold=1, num_folds=5, heldout=False)
-    assert [i["slice"] for i in heldout] == [2, 3]
-    assert [i["slice"] for i in training] == [0, 1, 4, 5, 6, 7, 8, 9]
+def test_each_fold_validates_on_the_block_before_its_test_block():
+    assert validation_block(30, 4, 5) == range(18, 24)
+    assert validation_block(30, 0, 5) == range(24, 30)
+
+
+def test_split_separates_training_validation_and_test_sections():
+    items = [{"slice": z} for z in range(30)]
+    parts = {name: [i["slice"] for i in part] for name, part in split_sections(items, fold=4, num_folds=5).items()}
+    assert parts == {"train": list(range(18)), "validation": list(range(18, 24)), "test": list(range(24, 30))}
+    parts = {name: [i["slice"] for i in part] for name, part in split_sections(items[:10], 1, 5).items()}
+    assert parts == {"train": [4, 5, 6, 7, 8, 9], "validation": [0, 1], "test": [2, 3]}
 
 
 @pytest.mark.parametrize(("fold", "num_folds"), [(5, 5), (-1, 5), (0, 1)])
 def test_invalid_folds_are_rejected(fold, num_folds):
     with pytest.raises(InputError, match="--fold"):
         heldout_block(30, fold, num_folds)
+
+
+def test_a_fold_needs_three_blocks():
+    with pytest.raises(InputError, match="num_folds must be >= 3"):
+        split_sections([{"slice": z} for z in range(10)], fold=0, num_folds=2)

@@ -10,8 +10,10 @@ from conftest import two_cells
 from scripts.metrics import (
     CHALLENGE_THRESHOLDS,
     IsbiScore,
+    cell_scores,
     foreground_restricted_scores,
     slice_scores,
+    split_merge_counts,
     thinned_segmentation,
 )
 
@@ -110,3 +112,24 @@ def test_isbi_score_averages_slices_and_keeps_the_best_threshold():
 def test_isbi_score_rejects_unknown_scores():
     with pytest.raises(ValueError, match="v_rand"):
         IsbiScore("dice")
+
+
+def test_splits_and_merges_are_counted_by_majority_overlap():
+    truth = np.zeros((4, 12), dtype=int)
+    truth[:, :4], truth[:, 4:8], truth[:, 8:] = 1, 2, 3
+    proposal = np.zeros((4, 12), dtype=int)
+    proposal[:, :2], proposal[:, 2:4] = 1, 2  # cell 1 split in two
+    proposal[:, 4:] = 3  # cells 2 and 3 merged
+    assert split_merge_counts(truth, proposal) == {"splits": 1, "merges": 1}
+    assert split_merge_counts(truth, truth) == {"splits": 0, "merges": 0}
+    assert split_merge_counts(truth, np.zeros_like(truth)) == {"splits": 0, "merges": 0}
+
+
+def test_cell_scores_take_the_cell_map_as_it_is():
+    membrane = two_cells()
+    cells = thinned_segmentation(membrane == 0)
+    scores = cell_scores(cells, membrane)
+    assert scores["v_rand"] == scores["v_info"] == 1.0
+    assert (scores["cells"], scores["true_cells"], scores["splits"], scores["merges"]) == (2, 2, 0, 0)
+    merged = cell_scores(np.ones_like(cells), membrane)  # one cell over both: V_rand 2/3 as in the merge test
+    assert merged["v_rand"] == pytest.approx(2 / 3) and merged["merges"] == 1 and merged["cells"] == 1

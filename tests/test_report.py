@@ -9,6 +9,7 @@ import torch
 from conftest import two_cells
 from ignite.engine import Engine
 
+from scripts.cells import CellLabeller
 from scripts.report import EvaluationReport, evaluation_summary, write_evaluation_report
 from scripts.writers import SliceCollector
 
@@ -22,7 +23,7 @@ def _item(slice_index, probability, truth):
     }
 
 
-def test_membrane_threshold_is_chosen_where_training_slices_score_best(tmp_path):
+def test_membrane_threshold_is_chosen_where_validation_slices_score_best(tmp_path):
     truth = two_cells()
     # membrane predicted at 0.7: membrane thresholds up to 0.7 find it, 0.8 and 1.0 merge the cells
     items = [_item(0, truth * 0.7, truth)]
@@ -52,7 +53,7 @@ def test_report_files_are_written(tmp_path):
     summary = write_evaluation_report(heldout, calibration, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["evaluation.png", "metrics.csv", "metrics.json"]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == json.loads(json.dumps(summary))
-    assert "training slices [0]" in summary["fixed_threshold_source"]
+    assert "validation slices [0]" in summary["fixed_threshold_source"]
     curve = summary["calibration_curve"]
     assert len(curve["thresholds"]) == len(curve["v_rand"]) == 11
     assert curve["thresholds"][int(np.argmax(curve["v_rand"]))] == summary["fixed_threshold"]
@@ -63,6 +64,22 @@ def test_report_files_are_written(tmp_path):
     assert [row["slice"] for row in rows] == ["7", "mean"]
     assert float(rows[-1]["v_rand"]) == pytest.approx(1.0)
     assert (tmp_path / "out" / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_report_scores_the_cell_maps_too(tmp_path):
+    truth = two_cells(width=33, height=32)
+    heldout = [_item(7, truth * 0.9, truth), _item(8, np.zeros(truth.shape), truth)]  # exact, then merged
+    summary = write_evaluation_report(heldout, None, tmp_path, threshold=0.5, cells=CellLabeller())
+    cells = summary["cells"]
+    assert cells["labeller"] == {"method": "components", "membrane_threshold": 0.5}
+    assert [row["slice"] for row in cells["per_slice"]] == [7, 8]
+    assert [row["v_rand"] for row in cells["per_slice"]] == pytest.approx([1.0, 2 / 3])
+    assert [(row["cells"], row["merges"]) for row in cells["per_slice"]] == [(2, 0), (1, 1)]
+    assert cells["mean"]["v_rand"] == pytest.approx(5 / 6) and cells["mean"]["merges"] == 0.5
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [row["cell_cells"] for row in rows] == ["2", "1", "1.5"]
+    assert float(rows[-1]["cell_v_rand"]) == pytest.approx(5 / 6)
+    assert (tmp_path / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_report_needs_slices_and_a_threshold_source(tmp_path):
@@ -85,5 +102,5 @@ def test_evaluation_report_handler_writes_when_its_evaluator_completes(tmp_path)
     report = EvaluationReport(tmp_path, calibration=calibration)
     report.attach(evaluator)
     evaluator.run(batches)
-    assert report.summary["slices"] == [5] and "training slices [0]" in report.summary["fixed_threshold_source"]
+    assert report.summary["slices"] == [5] and "validation slices [0]" in report.summary["fixed_threshold_source"]
     assert json.loads((tmp_path / "metrics.json").read_text())["slices"] == [5]

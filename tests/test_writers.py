@@ -8,6 +8,7 @@ import tifffile
 import torch
 from ignite.engine import Engine
 
+from scripts.cells import CellLabeller
 from scripts.errors import InputError
 from scripts.stack_io import read_pixel_size
 from scripts.writers import StackWriter
@@ -78,6 +79,12 @@ def test_a_bad_pixel_size_is_rejected(tmp_path, pixel_size):
         StackWriter(tmp_path, "stack", pixel_size=pixel_size)
 
 
-def test_an_unknown_cell_method_is_rejected_before_anything_runs(tmp_path):
-    with pytest.raises(InputError, match="--cell_method: 'magic' is not one of components, watershed"):
-        StackWriter(tmp_path, "stack", cell_method="magic")
+def test_the_cells_come_from_the_labeller_given(tmp_path):
+    membrane = np.zeros((30, 61), dtype=np.float32)
+    membrane[:, 30] = 0.6  # a faint membrane: interior for a 0.7 threshold
+    labeller = CellLabeller("mutex_watershed", membrane_threshold=0.7, long_range=5, repulsion_bias=0.9)
+    run_writer(StackWriter(tmp_path, "stack", cells=labeller), [membrane])
+    cells = tifffile.imread(tmp_path / "stack_cells.tif")
+    assert cells[0, 5, 5] != cells[0, 5, 50]
+    run_writer(StackWriter(tmp_path / "default", "stack"), [membrane])  # default: components at 0.5
+    assert tifffile.imread(tmp_path / "default" / "stack_cells.tif").max() == 2

@@ -1,17 +1,27 @@
 """Cells: instance label maps from the membrane probability, and a table of their properties.
 
-A cell is a region of cell interior (membrane probability ``p < membrane_threshold``) enclosed by membrane,
-4-connected as in the ISBI 2012 metric. Each section is segmented in 2D:
+A cell is a region of cell interior enclosed by membrane, 4-connected as in the ISBI 2012 metric. Each
+section is segmented in 2D by one of :data:`CELL_METHODS` (:class:`CellLabeller` holds the choice and its
+parameters):
 
-* ``"components"``: the connected components of the thresholded map, grown over the membrane by a watershed
-  of the binary map until they meet on 1-pixel lines (the "border thinning" the ISBI scorer applies, so the
-  cell map is the partition the challenge scores at that threshold, but for the pixels where lines cross).
-  Cells are measured up to the middle of the membrane.
-* ``"watershed"``: a watershed of the membrane probability seeded with the maxima of the interior's distance
-  transform (elf's distance-transform watershed), which can split cells joined through a gap in the membrane.
+* ``"components"``: the connected components of the interior ``p < membrane_threshold``, grown over the
+  membrane by a watershed of the binary map until they meet on 1-pixel lines (the "border thinning" the ISBI
+  scorer applies, so the cell map is the partition the challenge scores at that threshold).
+* ``"watershed"``: a watershed of the membrane probability seeded with the h-maxima of the interior's distance
+  transform (elf's distance-transform watershed): a cell joined to its neighbour through a gap in the
+  membrane gets two seeds when the gap's half-width is at least ``seed_depth`` pixels below both centres.
+* ``"mutex_watershed"``: the mutex watershed (``mwatershed``) on affinities read off the probability:
+  nearest neighbours attract with ``1 - max(p)`` of the pair; pairs ``long_range`` pixels apart repel with the
+  strongest membrane on the straight path between them, offset by ``repulsion_bias`` (higher = more cells).
+* ``"agglomeration"``: the ``"watershed"`` fragments, merged greedily while the mean membrane probability on
+  the boundary between two neighbours (the higher of each pixel pair across it) is below ``merge_threshold`` (scikit-image's hierarchical merging of
+  the boundary region adjacency graph).
 
-Either way, seeds smaller than ``min_size`` pixels are dropped first, so the neighbouring cells flood their
-area: small fragments merge into their neighbours instead of becoming cells.
+Every method ends the same way: the interior pixels of each segment (``p < membrane_threshold``) are its
+seed, seeds smaller than ``min_size`` pixels are dropped, and a watershed floods the membrane from the kept
+seeds until they meet on 1-pixel lines (on the binary map for ``"components"``, as the scorer does; on the
+probability otherwise). So small fragments merge into their neighbours, and a segment with no interior pixel
+is not a cell.
 
 Label maps are (Z, H, W) uint32, 0 = membrane line / background, ids 1..N unique across the stack. The table
 (:func:`cell_table`) is measured with scikit-image's ``regionprops_table``, in pixels and, given the pixel
@@ -23,33 +33,76 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt
-from skimage.feature import peak_local_max
+from scipy.ndimage import distance_transform_edt, generate_binary_structure, maximum_filter
+from skimage.graph import merge_hierarchical, rag_boundary
 from skimage.measure import label as connected_components
 from skimage.measure import regionprops_table
-from skimage.morphology import remove_small_objects
+from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
+from .errors import InputError
 from .metrics import thinned_segmentation
 
-__all__ = ["CELL_METHODS", "label_cells", "label_cell_stack", "CELL_COLUMNS", "cell_table"]
+__all__ = ["CELL_METHODS", "CellLabeller", "label_cells", "label_cell_stack", "CELL_COLUMNS", "cell_table"]
 
-CELL_METHODS = ("components", "watershed")
+CELL_METHODS = ("components", "watershed", "mutex_watershed", "agglomeration")
 
 
-def _seeds(interior: np.ndarray, method: str, min_size: int, min_distance: int) -> np.ndarray:
-    if method == "components":
-        seeds = connected_components(interior, connectivity=1)
-    else:
-        distance = distance_transform_edt(interior)
-        regions = connected_components(interior, connectivity=1)
-        peaks = peak_local_max(distance, min_distance=min_distance, labels=regions)
-        markers = np.zeros(interior.shape, dtype=np.int32)
-        markers[tuple(peaks.T)] = 1
-        seeds = watershed(-distance, connected_components(markers, connectivity=2), mask=interior)
-    if min_size > 1:
-        seeds = remove_small_objects(seeds, max_size=min_size - 1)
-    return seeds
+def _distance_seeds(interior: np.ndarray, seed_depth: float) -> np.ndarray:
+    """The interior split at the h-maxima of its distance transform (a region without one stays whole)."""
+    distance = distance_transform_edt(interior)
+    regions = connected_components(interior, connectivity=1)
+    markers = connected_components(h_maxima(distance, seed_depth).astype(bool) & interior, connectivity=2)
+    seeded = np.zeros(regions.max() + 1, dtype=bool)
+    seeded[regions[markers > 0]] = True
+    unseeded = ~seeded[regions] & (regions > 0)
+    markers[unseeded] = regions[unseeded] + markers.max()
+    return watershed(-distance, markers, mask=interior)
+
+
+def _path_maximum(probability: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
+    """At each pixel x, the highest probability on the straight path from x to x + offset (NaN: off the image)."""
+    steps = max(abs(offset[0]), abs(offset[1]))
+    height, width = probability.shape
+    padded = np.full((height + 2 * steps, width + 2 * steps), np.nan, dtype=np.float64)
+    padded[steps : steps + height, steps : steps + width] = probability
+    result = probability.astype(np.float64)
+    for step in range(1, steps + 1):
+        dy, dx = round(step * offset[0] / steps), round(step * offset[1] / steps)
+        result = np.maximum(result, padded[steps + dy : steps + dy + height, steps + dx : steps + dx + width])
+    return result
+
+
+def _mutex_watershed(probability: np.ndarray, long_range: int, repulsion_bias: float) -> np.ndarray:
+    import mwatershed
+
+    offsets = [(1, 0), (0, 1)]
+    if long_range < min(probability.shape):  # mwatershed needs every offset inside the image
+        offsets += [(long_range, 0), (0, long_range), (long_range, long_range), (long_range, -long_range)]
+    affinities = np.stack([1.0 - _path_maximum(probability, offset) for offset in offsets])
+    affinities[2:] -= repulsion_bias  # long-range pairs across a membrane become repulsive
+    affinities = np.nan_to_num(affinities, nan=0.0)  # pairs that leave the image: no evidence
+    return mwatershed.agglom(affinities, [list(offset) for offset in offsets]).astype(np.int64)
+
+
+def _weight_boundary(graph, source, target, neighbour) -> dict:
+    """Mean boundary probability of the merged node's boundary with ``neighbour`` (scikit-image's recipe)."""
+    default = {"weight": 0.0, "count": 0}
+    first, second = graph[source].get(neighbour, default), graph[target].get(neighbour, default)
+    count = first["count"] + second["count"]
+    return {"count": count, "weight": (first["count"] * first["weight"] + second["count"] * second["weight"]) / count}
+
+
+def _agglomerate(fragments: np.ndarray, probability: np.ndarray, merge_threshold: float) -> np.ndarray:
+    if len(np.unique(fragments)) < 2:
+        return fragments
+    # the boundary evidence of a pixel pair is its higher probability, as a 1-pixel membrane is on one side only
+    evidence = maximum_filter(probability.astype(np.float64), footprint=generate_binary_structure(2, 1))
+    graph = rag_boundary(fragments, evidence, connectivity=1)
+    return merge_hierarchical(
+        fragments, graph, thresh=merge_threshold, rag_copy=False, in_place_merge=True,
+        merge_func=lambda *_: None, weight_func=_weight_boundary,
+    )  # fmt: skip
 
 
 def label_cells(
@@ -57,16 +110,22 @@ def label_cells(
     membrane_threshold: float = 0.5,
     method: str = "components",
     min_size: int = 0,
-    min_distance: int = 5,
+    seed_depth: float = 2.0,
+    long_range: int = 9,
+    repulsion_bias: float = 0.5,
+    merge_threshold: float = 0.5,
 ) -> np.ndarray:
-    """The cells of one section.
+    """The cells of one section (the methods and their parameters: see the module docstring).
 
     Args:
         membrane_probability: (H, W) float membrane probability in [0, 1].
         membrane_threshold: cell interior where the probability is below this.
         method: one of :data:`CELL_METHODS`.
-        min_size: seeds of fewer pixels are dropped and their area goes to the neighbouring cells.
-        min_distance: ``"watershed"`` only: the smallest distance in pixels between two seeds of one region.
+        min_size: seeds of fewer interior pixels are dropped; their area goes to the neighbouring cells.
+        seed_depth: ``"watershed"``, ``"agglomeration"``: h of the distance transform's h-maxima, in pixels.
+        long_range: ``"mutex_watershed"``: the length in pixels of the repulsive offsets.
+        repulsion_bias: ``"mutex_watershed"``: subtracted from the long-range affinities ``1 - max(p)``.
+        merge_threshold: ``"agglomeration"``: neighbours merge while their mean boundary probability is below.
 
     Returns:
         (H, W) int32 cell ids 1..K, 0 on the 1-pixel lines between cells; all 0 when there is no interior.
@@ -79,14 +138,60 @@ def label_cells(
     if method not in CELL_METHODS:
         raise ValueError(f"cell method must be one of {CELL_METHODS}, got {method!r}")
     interior = probability < membrane_threshold
-    seeds = _seeds(interior, method, min_size, min_distance)
-    if seeds.max() == 0:
+    if not interior.any():
+        return np.zeros(probability.shape, dtype=np.int32)
+    if method == "components":
+        seeds = connected_components(interior, connectivity=1)
+    elif method == "watershed":
+        seeds = _distance_seeds(interior, seed_depth)
+    else:  # the segments' interior pixels seed the cells: a segment that is all membrane is none
+        if method == "mutex_watershed":
+            segments = _mutex_watershed(probability, long_range, repulsion_bias)
+        else:
+            fragments = watershed(probability, markers=_distance_seeds(interior, seed_depth), connectivity=1)
+            segments = _agglomerate(fragments, probability, merge_threshold)
+        seeds = np.where(interior, segments + 1, 0)
+    seeds = _without_small_seeds(seeds, min_size)
+    if not seeds.any():
         return np.zeros(probability.shape, dtype=np.int32)
     if method == "components":  # the ISBI scorer's thinning, from the kept seeds
         cells = thinned_segmentation(interior, seeds)
     else:
         cells = watershed(probability, markers=seeds, connectivity=1, watershed_line=True)
     return _relabel(_largest_pieces(cells))
+
+
+def _without_small_seeds(seeds: np.ndarray, min_size: int) -> np.ndarray:
+    if min_size <= 1:
+        return seeds
+    sizes = np.bincount(seeds.ravel())
+    return np.where(sizes[seeds] < min_size, 0, seeds)
+
+
+class CellLabeller:
+    """A cell method and its parameters, as one component of the configs (arguments: see :func:`label_cells`).
+
+    ``labeller(section)`` labels one (H, W) section, ``labeller.stack(stack)`` a (Z, H, W) stack with ids
+    unique across it (:func:`label_cell_stack`).
+    """
+
+    def __init__(self, method: str = "components", membrane_threshold: float = 0.5, **parameters) -> None:
+        if method not in CELL_METHODS:
+            raise InputError(f"--cells#method: {method!r} is not one of {', '.join(CELL_METHODS)}")
+        self.options = {"method": method, "membrane_threshold": membrane_threshold, **parameters}
+        try:
+            label_cells(np.zeros((2, 2), np.float32), **self.options)
+        except TypeError as error:  # a parameter label_cells does not take
+            raise InputError(f"cells: {error}") from error
+
+    def __call__(self, membrane_probability: np.ndarray) -> np.ndarray:
+        return label_cells(membrane_probability, **self.options)
+
+    def stack(self, membrane_probability: np.ndarray) -> np.ndarray:
+        return label_cell_stack(membrane_probability, **self.options)
+
+    def __repr__(self) -> str:
+        return f"CellLabeller({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
 
 
 def _largest_pieces(cells: np.ndarray) -> np.ndarray:

@@ -4,6 +4,11 @@ A stack becomes one datalist item per section, ``{"image": (H, W) array, "label"
 "slice": z}``, so MONAI datasets and transforms treat the shipped stacks and MONAI Label's per-section files
 alike. Splits are contiguous blocks of sections, written out by :func:`heldout_block`: neighbouring sections
 are strongly correlated, so a section never validates a model trained on its neighbours.
+
+Each fold has three parts (:func:`split_sections`): the *test* block, which no choice sees; the *validation*
+block, the fold before it (cyclically), on which the checkpoint, the membrane threshold and the cell
+parameters are chosen; and the *training* sections, all the others. With 30 sections and the default fold 4:
+train on 0-17, validate on 18-23, test on 24-29.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import numpy as np
 from .errors import InputError
 from .stack_io import StackError, read_membrane_labels, read_stack
 
-__all__ = ["load_labelled_stack", "load_unlabelled_stack", "heldout_block", "split_slices"]
+__all__ = ["load_labelled_stack", "load_unlabelled_stack", "heldout_block", "validation_block", "split_sections"]
 
 
 def load_labelled_stack(image_path: str | Path, label_path: str | Path) -> list[dict]:
@@ -53,7 +58,26 @@ def heldout_block(num_slices: int, fold: int, num_folds: int) -> range:
     return range(edges[fold], edges[fold + 1])
 
 
-def split_slices(items: list[dict], fold: int, num_folds: int, heldout: bool) -> list[dict]:
-    """The training (``heldout=False``) or held-out (``heldout=True``) items of one fold."""
-    block = heldout_block(len(items), fold, num_folds)
-    return [item for item in items if (item["slice"] in block) == heldout]
+def validation_block(num_slices: int, fold: int, num_folds: int) -> range:
+    """The inner validation block of ``fold``: the block of fold ``fold - 1`` (cyclically).
+
+    With 30 sections and 5 folds: fold 4 validates on 18-23, fold 0 on 24-29.
+    """
+    if num_folds < 3:
+        raise InputError(
+            f"--num_folds {num_folds}: a fold needs a test block, a validation block and training sections, "
+            "so num_folds must be >= 3"
+        )
+    heldout_block(num_slices, fold, num_folds)  # checks the fold
+    return heldout_block(num_slices, (fold - 1) % num_folds, num_folds)
+
+
+def split_sections(items: list[dict], fold: int, num_folds: int) -> dict[str, list[dict]]:
+    """The ``"train"``, ``"validation"`` and ``"test"`` items of one fold (see the module docstring)."""
+    test = heldout_block(len(items), fold, num_folds)
+    validation = validation_block(len(items), fold, num_folds)
+    part = {"train": [], "validation": [], "test": []}
+    for item in items:
+        name = "test" if item["slice"] in test else "validation" if item["slice"] in validation else "train"
+        part[name].append(item)
+    return part

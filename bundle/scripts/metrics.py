@@ -41,6 +41,8 @@ __all__ = [
     "thinned_segmentation",
     "foreground_restricted_scores",
     "slice_scores",
+    "split_merge_counts",
+    "cell_scores",
     "IsbiScore",
 ]
 
@@ -148,6 +150,59 @@ def slice_scores(
     probability = np.asarray(membrane_probability, dtype=np.float64)
     scores = [foreground_restricted_scores(truth, thinned_segmentation(probability < m)) for m in thresholds]
     return {key: np.array([s[key] for s in scores]) for key in ("v_rand", "v_info")}
+
+
+def split_merge_counts(truth: np.ndarray, proposal: np.ndarray) -> dict[str, int]:
+    """How many cells were split and merged: each cell is matched to the cell of the other map it overlaps most.
+
+    Overlaps are counted on ground-truth foreground, without the proposal's line pixels (0). A ground-truth
+    cell matched by k proposal cells counts k - 1 splits; a proposal cell matched by k ground-truth cells counts
+    k - 1 merges. So a fragment counts as a split however small it is (``scripts.cells`` merges fragments below
+    ``min_size``).
+
+    Args:
+        truth: (H, W) int ground-truth cells, 0 = membrane.
+        proposal: (H, W) int proposal cells, 0 = lines.
+
+    Returns:
+        ``{"splits": int, "merges": int}``.
+    """
+    keep = (truth > 0) & (proposal > 0)
+    _, truth_ids = np.unique(truth[keep], return_inverse=True)
+    _, proposal_ids = np.unique(proposal[keep], return_inverse=True)
+    if truth_ids.size == 0:
+        return {"splits": 0, "merges": 0}
+    overlap = np.zeros((truth_ids.max() + 1, proposal_ids.max() + 1), dtype=np.int64)
+    np.add.at(overlap, (truth_ids, proposal_ids), 1)
+    truth_of_proposal = np.bincount(overlap.argmax(axis=0), minlength=overlap.shape[0])
+    proposal_of_truth = np.bincount(overlap.argmax(axis=1), minlength=overlap.shape[1])
+    return {
+        "splits": int(np.maximum(truth_of_proposal - 1, 0).sum()),
+        "merges": int(np.maximum(proposal_of_truth - 1, 0).sum()),
+    }
+
+
+def cell_scores(cells: np.ndarray, membrane_truth: np.ndarray) -> dict[str, float]:
+    """Scores of one section's cell map against its ground-truth membrane mask.
+
+    The official metric takes the cell map as the proposal as it is (its 0 pixels are singletons), without
+    thresholding or thinning.
+
+    Args:
+        cells: (H, W) int cell ids, 0 = lines (e.g. from :func:`scripts.cells.label_cells`).
+        membrane_truth: (H, W) ground-truth membrane mask (nonzero = membrane).
+
+    Returns:
+        the scores of :func:`foreground_restricted_scores`, ``cells`` and ``true_cells`` (the counts of each
+        map) and ``splits``/``merges`` (:func:`split_merge_counts`).
+    """
+    truth = connected_components(np.asarray(membrane_truth) == 0, connectivity=1)
+    return {
+        **foreground_restricted_scores(truth, cells),
+        "cells": int(len(np.unique(cells[cells > 0]))),
+        "true_cells": int(truth.max()),
+        **split_merge_counts(truth, cells),
+    }
 
 
 class IsbiScore(CumulativeIterationMetric):

@@ -2,8 +2,11 @@
 
 The challenge's own number is the best threshold in hindsight (max over thresholds of the section mean),
 which peeks at the evaluated labels. The honest number uses one threshold fixed before looking at them:
-here, the membrane threshold that maximises mean V_rand on the *training* sections. Thresholds are membrane
-thresholds (membrane where ``p >= m``), as everywhere in the bundle.
+here, the membrane threshold that maximises mean V_rand on the fold's *validation* sections. Thresholds are
+membrane thresholds (membrane where ``p >= m``), as everywhere in the bundle.
+
+With a :class:`scripts.cells.CellLabeller`, the report also scores the cell maps the inference writes
+(:func:`scripts.metrics.cell_scores`: V_rand and V_info of the cells, their number, splits and merges).
 """
 
 from __future__ import annotations
@@ -16,11 +19,22 @@ from pathlib import Path
 
 import numpy as np
 from ignite.engine import Engine, Events
+from skimage.measure import label as connected_components
 
-from .metrics import CHALLENGE_THRESHOLDS, slice_scores
+from .cells import CellLabeller
+from .metrics import CHALLENGE_THRESHOLDS, cell_scores, slice_scores
 from .writers import SliceCollector, atomic_write
 
-__all__ = ["score_curves", "mean_v_rand_curve", "evaluation_summary", "write_evaluation_report", "EvaluationReport"]
+__all__ = [
+    "score_curves",
+    "mean_v_rand_curve",
+    "evaluation_summary",
+    "cell_summary",
+    "write_evaluation_report",
+    "EvaluationReport",
+]
+
+CELL_SCORES = ("v_rand", "v_info", "v_rand_split", "v_rand_merge", "cells", "true_cells", "splits", "merges")
 
 
 def score_curves(items: Sequence[dict], thresholds: Sequence[float]) -> dict[str, np.ndarray]:
@@ -86,27 +100,55 @@ def evaluation_summary(
     }
 
 
+def cell_summary(heldout: Sequence[dict], cells: CellLabeller) -> tuple[dict, list[np.ndarray]]:
+    """Scores of the held-out items' cell maps, per slice and mean, and the cell maps themselves."""
+    maps = [cells(item["pred"]) for item in heldout]
+    per_slice = [
+        {"slice": int(item["slice"]), **cell_scores(cell_map, item["label"])}
+        for item, cell_map in zip(heldout, maps, strict=True)
+    ]
+    mean = {key: float(np.nanmean([row[key] for row in per_slice])) for key in CELL_SCORES}
+    return {"labeller": cells.options, "mean": mean, "per_slice": per_slice}, maps
+
+
 def _csv_bytes(summary: dict) -> bytes:
     buffer = io.StringIO()
     columns = ["slice", "v_rand", "v_info", "pixel_accuracy", "membrane_dice"]
+    rows = [dict(row) for row in summary["per_slice"]] + [{"slice": "mean", **summary["mean_at_fixed_threshold"]}]
+    if "cells" in summary:
+        cell_rows = [*summary["cells"]["per_slice"], summary["cells"]["mean"]]
+        columns += [f"cell_{key}" for key in CELL_SCORES]
+        for row, cell_row in zip(rows, cell_rows, strict=True):
+            row.update({f"cell_{key}": cell_row[key] for key in CELL_SCORES})
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(summary["per_slice"])
-    writer.writerow({"slice": "mean", **summary["mean_at_fixed_threshold"]})
+    writer.writerows(rows)
     return buffer.getvalue().encode()
 
 
-def _figure_bytes(heldout: Sequence[dict], threshold: float, summary: dict, max_rows: int = 3) -> bytes:
-    """PNG: image, ground truth, membrane probability, thresholded prediction, error overlay per slice."""
+def _coloured(cells: np.ndarray) -> np.ndarray:
+    """(H, W, 3) a random colour per cell id, black for 0."""
+    palette = np.random.default_rng(0).uniform(0.25, 1.0, (int(cells.max()) + 1, 3))
+    palette[0] = 0.0
+    return palette[cells]
+
+
+def _figure_bytes(
+    heldout: Sequence[dict], threshold: float, summary: dict, cell_maps: Sequence[np.ndarray], max_rows: int = 3
+) -> bytes:
+    """PNG per slice: image, ground truth, membrane probability, thresholded prediction, error overlay and,
+    given cell maps, the ground-truth cells beside the predicted cells in colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = list(heldout)[:max_rows]
-    figure, axes = plt.subplots(len(rows), 5, figsize=(16, 3.4 * len(rows)), squeeze=False)
+    columns = 7 if cell_maps else 5
+    figure, axes = plt.subplots(len(rows), columns, figsize=(3.2 * columns, 3.4 * len(rows)), squeeze=False)
     scores = {row["slice"]: row for row in summary["per_slice"]}
-    for axis_row, item in zip(axes, rows, strict=True):
+    cell_rows = {row["slice"]: row for row in summary.get("cells", {}).get("per_slice", [])}
+    for index, (axis_row, item) in enumerate(zip(axes, rows, strict=True)):
         predicted = item["pred"] >= threshold
         actual = item["label"] > 0
         overlay = np.repeat(item["image"][..., None], 3, axis=-1).astype(np.float32)
@@ -120,6 +162,16 @@ def _figure_bytes(heldout: Sequence[dict], threshold: float, summary: dict, max_
             (predicted, "gray", f"prediction (threshold {threshold:.1f})"),
             (overlay, None, f"errors: red extra, blue missed\nV_rand {scores[item['slice']]['v_rand']:.4f}"),
         ]
+        if cell_maps:
+            row = cell_rows[item["slice"]]
+            panels += [
+                (_coloured(connected_components(~actual, connectivity=1)), None, f"{row['true_cells']} true cells"),
+                (
+                    _coloured(cell_maps[index]),
+                    None,
+                    f"{row['cells']} cells: V_rand {row['v_rand']:.4f}\n{row['splits']} splits, {row['merges']} merges",
+                ),
+            ]
         for axis, (panel, colour_map, title) in zip(axis_row, panels, strict=True):
             axis.imshow(panel, cmap=colour_map, interpolation="nearest")
             axis.set_title(title, fontsize=9)
@@ -137,15 +189,17 @@ def write_evaluation_report(
     output_dir: str | Path,
     threshold: float | None = None,
     thresholds: Sequence[float] = CHALLENGE_THRESHOLDS,
+    cells: CellLabeller | None = None,
 ) -> dict:
     """Score the held-out slices and write ``metrics.json``, ``metrics.csv`` and ``evaluation.png``.
 
     Args:
         heldout: items with ``slice``, ``image``, ``label`` (membrane mask) and ``pred`` (membrane probability).
-        calibration: items of the training slices, used to choose the fixed threshold when ``threshold`` is None.
+        calibration: items of the validation slices, used to choose the fixed threshold when ``threshold`` is None.
         output_dir: folder for the three files.
         threshold: fixed membrane threshold; None = choose it on ``calibration``.
         thresholds: thresholds of the max-over-thresholds score.
+        cells: also score the cell maps this labeller makes of the held-out slices (``summary["cells"]``).
 
     Returns:
         the summary written to ``metrics.json``.
@@ -154,21 +208,24 @@ def write_evaluation_report(
         raise ValueError("no held-out slices were evaluated")
     if threshold is None:
         if not calibration:
-            raise ValueError("no threshold given and no training slices to choose one on")
+            raise ValueError("no threshold given and no validation slices to choose one on")
         calibration_curve = mean_v_rand_curve(calibration, thresholds)
         threshold = _best_threshold(calibration_curve, thresholds)
-        source = f"best mean V_rand on the training slices {[int(item['slice']) for item in calibration]}"
+        source = f"best mean V_rand on the validation slices {[int(item['slice']) for item in calibration]}"
     else:
         calibration_curve, source = None, "given"
     summary = evaluation_summary(heldout, threshold, thresholds)
     summary["fixed_threshold_source"] = source
     if calibration_curve is not None:
-        # kept so a reader can see how clear the choice was: the training slices' curve is often flat near its top
+        # kept so a reader can see how clear the choice was: the curve is often flat near its top
         summary["calibration_curve"] = {"thresholds": list(thresholds), "v_rand": calibration_curve}
+    cell_maps = []
+    if cells is not None:
+        summary["cells"], cell_maps = cell_summary(heldout, cells)
     output_dir = Path(output_dir)
     atomic_write(output_dir / "metrics.json", (json.dumps(summary, indent=4) + "\n").encode())
     atomic_write(output_dir / "metrics.csv", _csv_bytes(summary))
-    atomic_write(output_dir / "evaluation.png", _figure_bytes(heldout, threshold, summary))
+    atomic_write(output_dir / "evaluation.png", _figure_bytes(heldout, threshold, summary, cell_maps))
     return summary
 
 
@@ -177,15 +234,21 @@ class EvaluationReport:
 
     Args:
         output_dir: folder for ``metrics.json``, ``metrics.csv`` and ``evaluation.png``.
-        calibration: the collector of the training sections' predictions, run before this evaluator, where the
-            membrane threshold is chosen when ``membrane_threshold`` is None.
+        calibration: the collector of the validation sections' predictions, run before this evaluator, where
+            the membrane threshold is chosen when ``membrane_threshold`` is None.
         membrane_threshold: fixed membrane threshold, or None to choose it on ``calibration``.
+        cells: also score the cell maps of this labeller (as inference.json's ``cells``).
     """
 
     def __init__(
-        self, output_dir: str | Path, calibration: SliceCollector | None = None, membrane_threshold: float | None = None
+        self,
+        output_dir: str | Path,
+        calibration: SliceCollector | None = None,
+        membrane_threshold: float | None = None,
+        cells: CellLabeller | None = None,
     ) -> None:
         self.output_dir = output_dir
+        self.cells = cells
         self.calibration = calibration
         self.membrane_threshold = membrane_threshold
         self.collector = SliceCollector()
@@ -198,5 +261,5 @@ class EvaluationReport:
     def _write(self, engine: Engine) -> None:
         calibration = self.calibration.items if self.calibration is not None else None
         self.summary = write_evaluation_report(
-            self.collector.items, calibration, self.output_dir, self.membrane_threshold
+            self.collector.items, calibration, self.output_dir, self.membrane_threshold, cells=self.cells
         )

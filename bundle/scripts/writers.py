@@ -15,7 +15,7 @@ import tifffile
 import torch
 from ignite.engine import Engine, Events
 
-from .cells import CELL_METHODS, cell_table, label_cell_stack
+from .cells import CellLabeller, cell_table
 from .errors import InputError
 from .flags import flag
 
@@ -101,7 +101,7 @@ class StackWriter:
     * ``<name>_segmentation.tif``: uint8 (Z, H, W), 255 = cell interior, 0 = membrane (the labels' convention),
       membrane where ``p >= membrane_threshold``;
     * ``<name>_cells.tif``: uint32 (Z, H, W), one id per cell, unique across the stack, 0 = membrane lines
-      (:func:`scripts.cells.label_cell_stack`, each section in 2D);
+      (``cells``, each section in 2D);
     * ``<name>_cells.csv``: one row per cell (:func:`scripts.cells.cell_table`), intensities of the raw image;
     * with ``challenge_submission`` also ``<name>_isbi2012_submission.tif``: float32 interior probability
       ``1 - p``, the map the ISBI 2012 scorer expects.
@@ -116,8 +116,7 @@ class StackWriter:
         membrane_threshold: membrane where the probability is at least this.
         challenge_submission: also write the ISBI 2012 submission stack (a flag, see :func:`scripts.flags.flag`).
         pixel_size: (y, x) pixel size in nm, or None (tables in pixel units only).
-        cell_method: how sections become cells, one of :data:`scripts.cells.CELL_METHODS`.
-        min_cell_size: cells of fewer pixels merge into their neighbours.
+        cells: how sections become cells (default: ``CellLabeller()``, the thresholded map's components).
     """
 
     def __init__(
@@ -127,17 +126,14 @@ class StackWriter:
         membrane_threshold: float = 0.5,
         challenge_submission: bool | str = False,
         pixel_size: Sequence[float] | None = None,
-        cell_method: str = "components",
-        min_cell_size: int = 0,
+        cells: CellLabeller | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.name = name
         self.membrane_threshold = membrane_threshold
         self.challenge_submission = flag(challenge_submission, "challenge_submission")
         self.pixel_size = _checked_pixel_size(pixel_size)
-        if cell_method not in CELL_METHODS:
-            raise InputError(f"--cell_method: {cell_method!r} is not one of {', '.join(CELL_METHODS)}")
-        self.cell_options = {"membrane_threshold": membrane_threshold, "method": cell_method, "min_size": min_cell_size}
+        self.cells = cells if cells is not None else CellLabeller()
         self.collector = SliceCollector()
         self.written: list[Path] = []
 
@@ -154,7 +150,7 @@ class StackWriter:
                 f"{self.name}: the network gave NaN or infinite membrane probabilities on sections {bad[:10]}; "
                 "check the weights (--model_path) and the input; nothing was written"
             )
-        cells = label_cell_stack(probability, **self.cell_options)
+        cells = self.cells.stack(probability)
         raw = np.stack([item.get("raw_image", item["image"]) for item in items])
         stacks = {
             "membrane_probability": probability,

@@ -1,0 +1,200 @@
+"""Cell methods compared on the same probability maps, every parameter chosen on the fold's validation block.
+
+For one fold (default 4: validation sections 18-23, test 24-29), the network (default: the shipped weights,
+trained under that fold's protocol) predicts each validation and test section as inference.json does. Then,
+for every method of ``scripts.cells`` and every combination of its parameter grid, the cell maps of the
+validation sections are scored (V_rand, V_info of the cells, as ``run evaluating`` scores them):
+
+* the chosen combination is the best mean V_rand on the whole validation block;
+* ``cv`` is the leave-one-section-out estimate of that choice: each validation section scored with the
+  combination chosen on the other five, so it shows how much the choice itself overfits;
+* the test block is scored once, with each method's chosen combination; the method with the best
+  *validation* score is the recommended default.
+
+    python bench/cell_methods.py [--fold 4] [--model_path bundle/models/model.pt] [--output FILE.json]
+
+Prints a markdown table (also saved beside the JSON as .md) with the cost per section on this machine's CPU
+(best of 3, flags printed). Takes about 15-20 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+sys.path.insert(0, str(BUNDLE))
+
+from scripts.cells import label_cells  # noqa: E402
+from scripts.checkpoints import load_weights  # noqa: E402
+from scripts.datalists import load_labelled_stack, split_sections  # noqa: E402
+from scripts.metrics import cell_scores  # noqa: E402
+
+GRIDS = {
+    "components": {
+        "membrane_threshold": [0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7],
+        "min_size": [0, 16, 64, 128],
+    },
+    "watershed": {
+        "membrane_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
+        "seed_depth": [1.0, 2.0, 3.0, 5.0, 8.0],
+        "min_size": [0, 64],
+    },
+    "mutex_watershed": {
+        "membrane_threshold": [0.5],
+        "long_range": [5, 9, 15],
+        "repulsion_bias": [0.2, 0.35, 0.5, 0.65, 0.8],
+        "min_size": [0, 64],
+    },
+    "agglomeration": {
+        "membrane_threshold": [0.3, 0.5, 0.7],
+        "seed_depth": [1.0, 2.0],
+        "merge_threshold": [0.2, 0.3, 0.4, 0.5, 0.6],
+        "min_size": [0, 64],
+    },
+}
+SCORES = ("v_rand", "v_info", "v_rand_split", "v_rand_merge", "cells", "true_cells", "splits", "merges")
+
+
+def cpu_flags() -> str:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+    return " ".join(flag for flag in wanted if flag in flags.split())
+
+
+def predict(items: list[dict], model_path: Path) -> list[np.ndarray]:
+    """Membrane probabilities of the items' images, with inference.json's preprocessing, network and inferer."""
+    config = ConfigParser()
+    config.read_config(str(BUNDLE / "configs" / "inference.json"))
+    config.update({"bundle_root": str(BUNDLE), "device": "cpu"})
+    network = load_weights(config.get_parsed_content("network_def"), model_path).eval()
+    preprocessing = config.get_parsed_content("preprocessing")
+    inferer = config.get_parsed_content("inferer")
+    with torch.no_grad():
+        return [
+            torch.sigmoid(inferer(preprocessing({"image": item["image"]})["image"][None], network))[0, 0].numpy()
+            for item in items
+        ]
+
+
+def combinations(grid: dict[str, list]) -> list[dict]:
+    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def score(method: str, options: dict, maps: list[np.ndarray], items: list[dict]) -> list[dict]:
+    pairs = zip(maps, items, strict=True)
+    return [cell_scores(label_cells(p, method=method, **options), item["label"]) for p, item in pairs]
+
+
+def ms_per_section(method: str, options: dict, maps: list[np.ndarray], repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for p in maps:
+            label_cells(p, method=method, **options)
+        times.append(time.perf_counter() - started)
+    return 1000 * min(times) / len(maps)
+
+
+def leave_one_out(v_rand: np.ndarray, v_info: np.ndarray) -> dict[str, float]:
+    """(combinations, sections) scores -> mean over sections of the score at the choice made without it."""
+    chosen = [int(np.argmax(np.delete(v_rand, s, axis=1).mean(axis=1))) for s in range(v_rand.shape[1])]
+    return {
+        "v_rand": float(np.mean([v_rand[c, s] for s, c in enumerate(chosen)])),
+        "v_info": float(np.mean([v_info[c, s] for s, c in enumerate(chosen)])),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fold", type=int, default=4)
+    parser.add_argument("--num_folds", type=int, default=5)
+    parser.add_argument("--model_path", type=Path, default=BUNDLE / "models" / "model.pt")
+    parser.add_argument("--dataset_dir", type=Path, default=BUNDLE / "data" / "isbi2012")
+    parser.add_argument("--methods", nargs="+", default=list(GRIDS))
+    parser.add_argument("--output", type=Path, default=Path("docs/results/cell_methods.json"))
+    args = parser.parse_args()
+    items = load_labelled_stack(args.dataset_dir / "train-volume.tif", args.dataset_dir / "train-labels.tif")
+    sections = split_sections(items, args.fold, args.num_folds)
+    validation, test = sections["validation"], sections["test"]
+    validation_maps, test_maps = predict(validation, args.model_path), predict(test, args.model_path)
+
+    results = {}
+    for method in args.methods:
+        started = time.perf_counter()
+        grid = combinations(GRIDS[method])
+        rows = [score(method, options, validation_maps, validation) for options in grid]
+        v_rand = np.array([[s["v_rand"] for s in row] for row in rows])
+        v_info = np.array([[s["v_info"] for s in row] for row in rows])
+        best = int(np.lexsort((v_info.mean(axis=1), v_rand.mean(axis=1)))[-1])
+        chosen = grid[best]
+        test_rows = score(method, chosen, test_maps, test)
+        results[method] = {
+            "chosen": chosen,
+            "validation": {key: float(np.mean([s[key] for s in rows[best]])) for key in SCORES},
+            "validation_leave_one_out": leave_one_out(v_rand, v_info),
+            "test": {key: float(np.mean([s[key] for s in test_rows])) for key in SCORES},
+            "test_per_section": [{"slice": item["slice"], **s} for item, s in zip(test, test_rows, strict=True)],
+            "ms_per_section": ms_per_section(method, chosen, validation_maps),
+            "grid": [
+                {**options, "v_rand": float(r.mean()), "v_info": float(i.mean())}
+                for options, r, i in zip(grid, v_rand, v_info, strict=True)
+            ],
+        }
+        seconds = time.perf_counter() - started
+        print(f"{method}: {len(grid)} combinations in {seconds:.0f} s, chose {chosen}", flush=True)
+
+    recommended = max(results, key=lambda m: (results[m]["validation"]["v_rand"], results[m]["validation"]["v_info"]))
+    summary = {
+        "fold": args.fold,
+        "validation_slices": [item["slice"] for item in validation],
+        "test_slices": [item["slice"] for item in test],
+        "model_path": str(args.model_path),
+        "cpu": f"{platform.machine()}, {torch.get_num_threads()} torch threads, flags: {cpu_flags()}",
+        "recommended": recommended,
+        "methods": results,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(summary, indent=2) + "\n")
+    table = markdown_table(summary)
+    args.output.with_suffix(".md").write_text(table + "\n")
+    print(table)
+
+
+def markdown_table(summary: dict) -> str:
+    validation = f"{summary['validation_slices'][0]}–{summary['validation_slices'][-1]}"
+    test = f"{summary['test_slices'][0]}–{summary['test_slices'][-1]}"
+    lines = [
+        f"CPU: {summary['cpu']}",
+        "",
+        f"| method | parameters (chosen on {validation}) | V_rand / V_info {validation} "
+        f"| leave-one-out {validation} | **V_rand / V_info {test}** | splits / merges per section {test} "
+        "| cells per section (truth) | ms per section |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for method, result in summary["methods"].items():
+        name = f"**{method}** (recommended)" if method == summary["recommended"] else method
+        chosen = ", ".join(f"{key} {value}" for key, value in result["chosen"].items())
+        v, loo, t = result["validation"], result["validation_leave_one_out"], result["test"]
+        lines.append(
+            f"| {name} | {chosen} | {v['v_rand']:.4f} / {v['v_info']:.4f} | {loo['v_rand']:.4f} / {loo['v_info']:.4f} "
+            f"| {t['v_rand']:.4f} / {t['v_info']:.4f} | {t['splits']:.1f} / {t['merges']:.1f} "
+            f"| {t['cells']:.0f} ({t['true_cells']:.0f}) | {result['ms_per_section']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
