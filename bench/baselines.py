@@ -17,7 +17,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bundle"))
 
-from scripts.datalists import load_labelled_stack, split_slices  # noqa: E402
+from scripts.datalists import load_labelled_stack, split_sections  # noqa: E402
 from scripts.report import evaluation_summary  # noqa: E402
 
 
@@ -26,12 +26,13 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=4)
     args = parser.parse_args()
     data = REPO / "bundle" / "data" / "isbi2012"
-    items = split_slices(load_labelled_stack(data / "train-volume.tif", data / "train-labels.tif"), args.fold, 5, True)
+    labelled = load_labelled_stack(data / "train-volume.tif", data / "train-labels.tif")
+    items = split_sections(labelled, args.fold, 5)["test"]
     predictions = {
         "all interior": lambda item: np.zeros(item["label"].shape, dtype=np.float32),
         "ground truth": lambda item: item["label"].astype(np.float32),
     }
-    print(f"held-out slices {[item['slice'] for item in items]}, threshold 0.5")
+    print(f"test slices {[item['slice'] for item in items]}, threshold 0.5")
     print("| prediction | pixel accuracy | membrane Dice | V_rand | V_info |")
     print("| --- | --- | --- | --- | --- |")
     for name, predict in predictions.items():

@@ -174,7 +174,8 @@ def test_the_bundle_alone_runs_inference_on_its_default_input(standalone):
 
 
 def test_shipped_weights_reproduce_the_metadata_scores(standalone):
-    """metadata eval_metrics: held-out sections 24-29 (fold 4) at the membrane threshold named in each key."""
+    """metadata eval_metrics: test sections 24-29 (fold 4) at the membrane threshold named in each key, and the
+    cells."""
     output = standalone / "runs" / "reproduce"
     metrics = {key: value for key, value in METADATA["eval_metrics"].items() if "_at_membrane_threshold_" in key}
     (threshold,) = {float(key.rsplit("_", 1)[1]) for key in metrics}
@@ -189,6 +190,10 @@ def test_shipped_weights_reproduce_the_metadata_scores(standalone):
         assert summary["mean_at_fixed_threshold"][name] == pytest.approx(value, abs=5e-5), key
     best = METADATA["eval_metrics"]["val_v_rand_max_over_thresholds"]
     assert summary["max_over_thresholds"]["v_rand"] == pytest.approx(best, abs=5e-5)
+    cells = {key.removeprefix("val_cell_"): value for key, value in METADATA["eval_metrics"].items() if "_cell_" in key}
+    assert set(cells) == {"v_rand", "v_info"}  # of the cells inference.json writes, as evaluate.json scores them
+    for name, value in cells.items():
+        assert summary["cells"]["mean"][name] == pytest.approx(value, abs=5e-5), name
 
 
 @pytest.mark.parametrize("network", list(NETWORKS))

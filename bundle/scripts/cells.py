@@ -14,8 +14,8 @@ parameters):
   nearest neighbours attract with ``1 - max(p)`` of the pair; pairs ``long_range`` pixels apart repel with the
   strongest membrane on the straight path between them, offset by ``repulsion_bias`` (higher = more cells).
 * ``"agglomeration"``: the ``"watershed"`` fragments, merged greedily while the mean membrane probability on
-  the boundary between two neighbours (the higher of each pixel pair across it) is below ``merge_threshold`` (scikit-image's hierarchical merging of
-  the boundary region adjacency graph).
+  the boundary between two neighbours (the higher of each pixel pair across it) is below ``merge_threshold``
+  (scikit-image's hierarchical merging of the boundary region adjacency graph).
 
 Every method ends the same way: the interior pixels of each segment (``p < membrane_threshold``) are its
 seed, seeds smaller than ``min_size`` pixels are dropped, and a watershed floods the membrane from the kept
