@@ -89,7 +89,7 @@ def test_evaluate_writes_metrics_for_the_heldout_slices(trained, tiny_stack_dir,
     assert metrics["slices"] == [8, 9]  # fold 4 of 5 over 10 slices: test 8-9, validation 6-7
     assert metrics["fixed_threshold_source"] == "best mean V_rand on the validation slices [6, 7]"
     assert [row["slice"] for row in metrics["cells"]["per_slice"]] == [8, 9]
-    assert metrics["cells"]["labeller"] == cell_options("configs/evaluate.json")
+    assert metrics["cells"]["labeller"] == cell_options("configs/train.json", "configs/evaluate.json")
     assert metrics["cells"]["mean"]["true_cells"] > 0 and 0.0 <= metrics["cells"]["mean"]["v_rand"] <= 1.0
     assert "cell_v_rand" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
     for value in (*metrics["mean_at_fixed_threshold"].values(), metrics["max_over_thresholds"]["v_rand"]):
@@ -99,13 +99,13 @@ def test_evaluate_writes_metrics_for_the_heldout_slices(trained, tiny_stack_dir,
     assert (tmp_path / "evaluation.png").stat().st_size > 0
 
 
-def cell_options(config_file: str) -> dict:
-    cells = bundle_config([config_file]).get("cells")
+def cell_options(*config_files: str) -> dict:
+    cells = bundle_config(list(config_files)).get("cells")
     return {key: value for key, value in cells.items() if not key.startswith("_")}
 
 
 def test_evaluation_scores_the_cells_inference_writes():
-    assert cell_options("configs/evaluate.json") == cell_options("configs/inference.json")
+    assert cell_options("configs/train.json", "configs/evaluate.json") == cell_options("configs/inference.json")
 
 
 def test_evaluate_with_a_given_threshold_and_test_time_augmentation(trained, tiny_stack_dir, tmp_path):
