@@ -6,8 +6,8 @@ for every method of ``scripts.cells`` and every combination of its parameter gri
 validation sections are scored (V_rand, V_info of the cells, as ``run evaluating`` scores them):
 
 * the chosen combination is the best mean V_rand on the whole validation block;
-* ``cv`` is the leave-one-section-out estimate of that choice: each validation section scored with the
-  combination chosen on the other five, so it shows how much the choice itself overfits;
+* ``validation_leave_one_out`` is the leave-one-section-out estimate of that choice: each validation section
+  scored with the combination chosen on the other five, so it shows how much the choice itself overfits;
 * the test block is scored once, with each method's chosen combination;
 * the recommended default is the method with the best *validation* score among those that take no longer
   per section than the network (the issue's speed requirement); ``best_on_validation`` names the best
@@ -16,7 +16,7 @@ validation sections are scored (V_rand, V_info of the cells, as ``run evaluating
     python bench/cell_methods.py [--fold 4] [--model_path bundle/models/model.pt] [--output FILE.json]
 
 Prints a markdown table (also saved beside the JSON as .md) with the cost per section on this machine's CPU
-(best of 3, flags printed). Takes about 15-20 minutes on 2 CPU cores.
+(best of 3, flags printed). Takes about 10 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ class StackWriter:
         membrane_threshold: membrane where the probability is at least this.
         challenge_submission: also write the ISBI 2012 submission stack (a flag, see :func:`scripts.flags.flag`).
         pixel_size: (y, x) pixel size in nm, or None (tables in pixel units only).
-        cells: how sections become cells (default: ``CellLabeller()``, the thresholded map's components).
+        cells: how sections become cells (default: the components of the map thresholded at ``membrane_threshold``).
     """
 
     def __init__(
@@ -133,7 +133,7 @@ class StackWriter:
         self.membrane_threshold = membrane_threshold
         self.challenge_submission = flag(challenge_submission, "challenge_submission")
         self.pixel_size = _checked_pixel_size(pixel_size)
-        self.cells = cells if cells is not None else CellLabeller()
+        self.cells = cells if cells is not None else CellLabeller(membrane_threshold=membrane_threshold)
         self.collector = SliceCollector()
         self.written: list[Path] = []
 
