@@ -36,6 +36,8 @@ from monai.bundle import ConfigParser
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 sys.path.insert(0, str(BUNDLE))
 
+from cell_speed import cpu_flags  # noqa: E402
+
 from scripts.cells import label_cells  # noqa: E402
 from scripts.checkpoints import load_weights  # noqa: E402
 from scripts.datalists import load_labelled_stack, split_sections  # noqa: E402
@@ -65,15 +67,6 @@ GRIDS = {
     },
 }
 SCORES = ("v_rand", "v_info", "v_rand_split", "v_rand_merge", "cells", "true_cells", "splits", "merges")
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
-    return " ".join(flag for flag in wanted if flag in flags.split())
 
 
 def predict(items: list[dict], model_path: Path, timings: list | None = None) -> list[np.ndarray]:
