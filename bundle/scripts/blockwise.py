@@ -1,0 +1,309 @@
+"""Blockwise inference without seams: block plans, aligned prediction regions, and cells stitched across tiles.
+
+A volume is cut into blocks: whole sections, or the 2D tiles of sections larger than ``block_size``
+(:func:`plan_blocks`). A block's membrane probability equals the one of the whole section, not merely
+approximates it:
+
+* MONAI's sliding window places its windows on a grid over the whole section and blends them with a
+  Gaussian weight. :func:`prediction_region` widens a tile to exactly the windows of that grid that overlap it
+  (plus ``cell_halo``), so a ``SlidingWindowInferer`` run on the region places the same windows at the same
+  places, and every pixel of the tile gets the same windows, weights and sum as in the whole section;
+* intensities are scaled with the *section's* minimum and maximum (``ScaleIntensityd`` of the configs works
+  per section), given to the tile (:func:`predict_region`).
+
+Cells are labelled per block on the tile and a ``cell_halo`` around it (context), then cropped to the tile with
+block-local ids 1..k (:func:`block_cells`). A cell cut by a seam between two tiles gets an id in each. Both
+tiles also keep their labels in a band of ``2 * band`` pixels across each seam they share: both labelled that
+band with context on both sides, so the same cell overlaps itself there, and :func:`seam_merges` joins two
+ids whose pixels in the band are mostly each other's (mutual majority). :class:`CellIds` turns block-local ids
+into ids unique across the volume: block offsets in block order (section z's ids follow those of sections
+0..z-1, as :func:`scripts.cells.label_cell_stack`), and each merged group takes its smallest id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.inferers import SlidingWindowInferer
+from monai.inferers.utils import _get_scan_interval
+from monai.transforms import ScaleIntensityRange
+
+from .cells import CellLabeller, cell_table
+
+__all__ = [
+    "Block",
+    "plan_blocks",
+    "window_starts",
+    "prediction_region",
+    "sliding_window_of",
+    "predict_region",
+    "block_cells",
+    "seam_merges",
+    "CellIds",
+    "stitch_cells",
+    "shift_table",
+    "measure_cells",
+]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block: section ``z``, rows ``y0:y1`` and columns ``x0:x1``, and its tile position ``(row, column)``."""
+
+    z: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    row: int = 0
+    column: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"z{self.z}_y{self.y0}_x{self.x0}"
+
+    def __str__(self) -> str:
+        return f"block (section {self.z}, rows {self.y0}:{self.y1}, columns {self.x0}:{self.x1})"
+
+
+def _edges(size: int, block: int) -> list[int]:
+    count = max(1, -(-size // block))
+    return np.linspace(0, size, count + 1).round().astype(int).tolist()
+
+
+def plan_blocks(shape: Sequence[int], block_size: int | None) -> list[Block]:
+    """The blocks of a (Z, H, W) volume, in order: whole sections, or near-equal tiles of at most
+    ``block_size`` x ``block_size`` pixels (``None``: whole sections)."""
+    depth, height, width = (int(size) for size in shape)
+    rows = _edges(height, block_size or height)
+    columns = _edges(width, block_size or width)
+    return [
+        Block(z, rows[r], rows[r + 1], columns[c], columns[c + 1], r, c)
+        for z in range(depth)
+        for r in range(len(rows) - 1)
+        for c in range(len(columns) - 1)
+    ]
+
+
+def window_starts(size: int, roi: int, overlap: float) -> np.ndarray:
+    """Where MONAI's sliding window starts its windows along an axis of ``size`` pixels (the last one is moved
+    back to end at the border; an axis shorter than the window is padded to one window at 0)."""
+    if size <= roi:
+        return np.zeros(1, dtype=int)
+    (interval,) = _get_scan_interval((size,), (roi,), 1, (overlap,))
+    starts = np.arange(0, size, interval)
+    starts = np.minimum(starts[: int(np.argmax(starts + roi >= size)) + 1], size - roi)
+    return starts
+
+
+def prediction_region(
+    block: Block, section_shape: Sequence[int], roi: Sequence[int], overlap: float, cell_halo: int = 0
+) -> tuple[slice, slice]:
+    """The rows and columns of the section to run the sliding window on for ``block``: the union of the
+    section-wide windows that overlap the block widened by ``cell_halo`` (which is clipped to the section)."""
+    bounds = []
+    for start, stop, size, window in zip((block.y0, block.x0), (block.y1, block.x1), section_shape, roi, strict=True):
+        start, stop = max(start - cell_halo, 0), min(stop + cell_halo, size)
+        if size <= window:
+            bounds.append(slice(0, size))
+            continue
+        starts = window_starts(size, window, overlap)
+        used = starts[(starts < stop) & (starts + window > start)]
+        bounds.append(slice(int(used.min()), int(used.max()) + window))
+    return bounds[0], bounds[1]
+
+
+def sliding_window_of(inferer) -> SlidingWindowInferer:
+    """The ``SlidingWindowInferer`` inside ``inferer`` (itself, or the one a test-time-augmentation wrapper holds)."""
+    while not isinstance(inferer, SlidingWindowInferer):
+        if not hasattr(inferer, "inferer"):
+            raise TypeError(f"blockwise inference needs a SlidingWindowInferer, got {type(inferer).__name__}")
+        inferer = inferer.inferer
+    return inferer
+
+
+@torch.no_grad()
+def predict_region(
+    raw: np.ndarray,
+    section_range: tuple[float, float],
+    network: torch.nn.Module,
+    inferer,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+) -> np.ndarray:
+    """The membrane probability of one region of a section.
+
+    Args:
+        raw: (h, w) raw intensities of the region.
+        section_range: the section's (minimum, maximum) intensity; the region is scaled to [0, 1] with them, as
+            ``ScaleIntensityd(minv=0, maxv=1)`` scales the whole section.
+        network: the network in eval mode, on ``device``.
+        inferer: the configs' inferer (``SlidingWindowInferer``, or its test-time-augmentation wrapper).
+        amp: autocast (only on CUDA).
+
+    Returns:
+        (h, w) float32 membrane probability (sigmoid of the network output).
+    """
+    low, high = (float(value) for value in section_range)
+    scale = ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0) if high > low else None
+    image = torch.as_tensor(np.asarray(raw, dtype=np.float32))
+    image = scale(image) if scale is not None else image - low  # MONAI's rescale of a constant section
+    image = torch.as_tensor(image, dtype=torch.float32, device=device)[None, None]
+    device = torch.device(device)
+    with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+        logits = inferer(image, network)
+    return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+
+
+def _local_ids(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """A lookup from ``labels``' ids to 1..k for the ids present in ``kept``, 0 for all others."""
+    present = np.zeros(int(labels.max()) + 1, dtype=bool)
+    present[np.unique(kept)] = True
+    present[0] = False
+    lookup = np.zeros(present.size, dtype=np.uint32)
+    lookup[present] = np.arange(1, int(present.sum()) + 1, dtype=np.uint32)
+    return lookup
+
+
+def block_cells(
+    probability: np.ndarray, block: Block, origin: tuple[int, int], section_shape: Sequence[int],
+    cells: CellLabeller, band: int = 8,
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:  # fmt: skip
+    """Cells of one block, from the probability of a region around it.
+
+    Args:
+        probability: (h, w) membrane probability of the region that starts at section pixel ``origin`` and holds
+            the block with ``band`` pixels or more around it wherever the section goes on.
+        block: the block.
+        section_shape: (H, W) of the section.
+        cells: the cell method.
+        band: half-width of the seam bands.
+
+    Returns:
+        ``(labels, seams, touching)``: the block's (y1 - y0, x1 - x0) uint32 ids 1..k; for each seam to a later
+        tile (``"below"``, ``"right"``) the labels of the band ``2 * band`` pixels wide centred on it, over the
+        block's extent (ids of cells outside the block are 0); and the ids of cells that touch an inner edge
+        of the block (cut by a seam, measured once they are whole).
+    """
+    labels = cells(probability)
+    top, left = block.y0 - origin[0], block.x0 - origin[1]
+    crop = labels[top : top + block.y1 - block.y0, left : left + block.x1 - block.x0]
+    lookup = _local_ids(labels, crop)
+    seams = {}
+    if block.y1 < section_shape[0]:
+        seams["below"] = lookup[
+            labels[top + crop.shape[0] - band : top + crop.shape[0] + band, left : left + crop.shape[1]]
+        ]
+    if block.x1 < section_shape[1]:
+        seams["right"] = lookup[
+            labels[top : top + crop.shape[0], left + crop.shape[1] - band : left + crop.shape[1] + band]
+        ]
+    if block.y0 > 0:
+        seams["above"] = lookup[labels[top - band : top + band, left : left + crop.shape[1]]]
+    if block.x0 > 0:
+        seams["left"] = lookup[labels[top : top + crop.shape[0], left - band : left + band]]
+    crop = lookup[crop]
+    edges = [crop[0] if block.y0 > 0 else None, crop[-1] if block.y1 < section_shape[0] else None,
+             crop[:, 0] if block.x0 > 0 else None, crop[:, -1] if block.x1 < section_shape[1] else None]  # fmt: skip
+    touching = np.unique(np.concatenate([edge for edge in edges if edge is not None] or [np.zeros(0, np.uint32)]))
+    return crop, seams, touching[touching > 0]
+
+
+def seam_merges(first: np.ndarray, second: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs ``(a, b)`` of ids that are one cell: in the same seam band labelled by two tiles (``first`` by
+    one, ``second`` by its neighbour), more than half of a's pixels are b's and more than half of b's are a's."""
+    both = (first > 0) & (second > 0)
+    if not both.any():
+        return []
+    pairs, counts = np.unique(np.stack([first[both], second[both]]), axis=1, return_counts=True)
+    size_first = np.bincount(first.ravel())
+    size_second = np.bincount(second.ravel())
+    mutual = (2 * counts > size_first[pairs[0]]) & (2 * counts > size_second[pairs[1]])
+    return [(int(a), int(b)) for a, b in pairs[:, mutual].T]
+
+
+class CellIds:
+    """Block-local cell ids -> ids unique across the volume.
+
+    Args:
+        counts: the number of cells of each block, in block order.
+        merges: pairs ``((block_index, local_id), (block_index, local_id))`` that are one cell.
+    """
+
+    def __init__(self, counts: Sequence[int], merges: Sequence[tuple[tuple[int, int], tuple[int, int]]] = ()) -> None:
+        self.offsets = np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))])
+        if self.offsets[-1] >= np.iinfo(np.uint32).max:
+            raise ValueError(f"{self.offsets[-1]} cells do not fit uint32 ids")
+        parent: dict[int, int] = {}
+
+        def root(node: int) -> int:
+            while parent.get(node, node) != node:
+                parent[node] = parent.get(parent[node], parent[node])
+                node = parent[node]
+            return node
+
+        for (block_a, id_a), (block_b, id_b) in merges:
+            a, b = root(self.global_id(block_a, id_a)), root(self.global_id(block_b, id_b))
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+        renamed = sorted((node, root(node)) for node in parent if root(node) != node)
+        #: merged global ids, ascending, and the id of the group each became
+        self.merged = np.array([node for node, _ in renamed], dtype=np.int64)
+        self.kept = np.array([kept for _, kept in renamed], dtype=np.int64)
+
+    @property
+    def count(self) -> int:
+        """The number of cells after the merges."""
+        return int(self.offsets[-1]) - len(self.merged)
+
+    def global_id(self, block_index: int, local_id: int) -> int:
+        return int(self.offsets[block_index] + local_id)
+
+    def block_lookup(self, block_index: int) -> np.ndarray:
+        """(k + 1,) uint32 lookup from block ``block_index``'s local ids to global ids (0 stays 0)."""
+        start, stop = int(self.offsets[block_index]), int(self.offsets[block_index + 1])
+        lookup = np.arange(start, stop + 1, dtype=np.uint32)
+        lookup[0] = 0
+        first, last = np.searchsorted(self.merged, [start + 1, stop + 1])
+        lookup[self.merged[first:last] - start] = self.kept[first:last]
+        return lookup
+
+
+def stitch_cells(blocks: Sequence[Block], counts: Sequence[int], seams: Sequence[dict[str, np.ndarray]]) -> CellIds:
+    """Volume-wide ids of blockwise cells: block offsets, and the merges of each seam between neighbouring tiles.
+
+    Args:
+        blocks: the blocks, in :func:`plan_blocks` order.
+        counts: each block's number of cells.
+        seams: each block's seam bands, as :func:`block_cells` returns them.
+    """
+    index = {(block.z, block.row, block.column): i for i, block in enumerate(blocks)}
+    merges = []
+    for i, block in enumerate(blocks):
+        for side, opposite, (row, column) in (("below", "above", (1, 0)), ("right", "left", (0, 1))):
+            j = index.get((block.z, block.row + row, block.column + column))
+            if j is not None and side in seams[i]:
+                merges += [((i, a), (j, b)) for a, b in seam_merges(seams[i][side], seams[j][opposite])]
+    return CellIds(counts, merges)
+
+
+def shift_table(
+    table: dict[str, np.ndarray], z: int, origin: tuple[int, int], pixel_size: Sequence[float] | None
+) -> dict[str, np.ndarray]:
+    """A :func:`scripts.cells.cell_table` of a crop, moved to section ``z`` and the crop's section ``origin``."""
+    shifted = dict(table)
+    shifted["section"] = np.full(len(table["id"]), z, dtype=np.int64)
+    for axis, offset in zip("yx", origin, strict=True):
+        for column in (f"centroid_{axis}_px", f"bbox_min_{axis}_px", f"bbox_max_{axis}_px"):
+            shifted[column] = table[column] + offset
+        if pixel_size is not None:
+            shifted[f"centroid_{axis}_nm"] = table[f"centroid_{axis}_nm"] + offset * pixel_size["yx".index(axis)]
+    return shifted
+
+
+def measure_cells(labels: np.ndarray, raw: np.ndarray, pixel_size: Sequence[float] | None) -> dict[str, np.ndarray]:
+    """:func:`scripts.cells.cell_table` of one (h, w) crop."""
+    return cell_table(labels[None], raw[None], pixel_size)

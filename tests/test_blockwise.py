@@ -1,0 +1,149 @@
+"""Blocks without seams: the sliding-window grid, tiles predicted exactly as their section, cells stitched."""
+
+import numpy as np
+import pytest
+import torch
+from monai.data.utils import dense_patch_slices
+from monai.inferers import SlidingWindowInferer
+from monai.inferers.utils import _get_scan_interval
+from monai.networks.nets import UNet
+from monai.transforms import ScaleIntensity
+
+from scripts.blockwise import (
+    Block,
+    CellIds,
+    block_cells,
+    plan_blocks,
+    predict_region,
+    prediction_region,
+    seam_merges,
+    stitch_cells,
+    window_starts,
+)
+from scripts.cells import CellLabeller, label_cell_stack
+
+
+@pytest.mark.parametrize("size", [40, 64, 65, 100, 160, 200, 1000])
+def test_window_starts_are_monais(size):
+    roi, overlap = 64, 0.25
+    if size < roi:
+        assert window_starts(size, roi, overlap).tolist() == [0]
+        return
+    interval = _get_scan_interval((size,), (roi,), 1, (overlap,))
+    expected = [window[0].start for window in dense_patch_slices((size,), (roi,), interval)]
+    assert window_starts(size, roi, overlap).tolist() == expected
+
+
+def test_blocks_cover_the_volume_once():
+    blocks = plan_blocks((2, 300, 250), 128)
+    coverage = np.zeros((2, 300, 250), dtype=int)
+    for block in blocks:
+        coverage[block.z, block.y0 : block.y1, block.x0 : block.x1] += 1
+        assert block.y1 - block.y0 <= 128 and block.x1 - block.x0 <= 128
+    assert (coverage == 1).all() and len(blocks) == 2 * 3 * 2
+    assert plan_blocks((3, 300, 250), None) == [Block(z, 0, 300, 0, 250) for z in range(3)]
+
+
+@pytest.fixture(scope="module")
+def network():
+    torch.manual_seed(0)
+    net = UNet(2, 1, 1, channels=(4, 8, 16), strides=(2, 2), num_res_units=1, norm="instance")
+    return net.eval()
+
+
+def test_tiles_are_predicted_as_their_whole_section(network):
+    """The seam test: every tile, run on its aligned region, gives the whole section's probability."""
+    section = np.random.default_rng(1).integers(20, 230, (230, 250)).astype(np.uint8)
+    window = SlidingWindowInferer(roi_size=(64, 64), overlap=0.25, mode="gaussian")
+    with torch.no_grad():
+        scaled = ScaleIntensity(minv=0.0, maxv=1.0)(torch.as_tensor(section[None].astype(np.float32)))
+        whole = torch.sigmoid(window(torch.as_tensor(scaled)[None], network))[0, 0].numpy()
+    tiled = np.full(section.shape, np.nan, dtype=np.float32)
+    section_range = (float(section.min()), float(section.max()))
+    for block in plan_blocks((1, *section.shape), 90):
+        rows, columns = prediction_region(block, section.shape, (64, 64), 0.25, cell_halo=0)
+        assert (rows.stop - rows.start, columns.stop - columns.start) < section.shape  # a real tile, not the section
+        probability = predict_region(section[rows, columns], section_range, network, window)
+        tiled[block.y0 : block.y1, block.x0 : block.x1] = probability[
+            block.y0 - rows.start : block.y1 - rows.start, block.x0 - columns.start : block.x1 - columns.start
+        ]
+    assert np.abs(tiled - whole).max() <= 1e-4
+
+
+def membrane_walls(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A membrane probability of irregular closed cells (wavy 3-pixel walls) and one long cell across all tiles."""
+    phase = np.random.default_rng(seed).uniform(0, 2 * np.pi, 2)
+    probability = np.full((height, width), 0.05, dtype=np.float32)
+    columns, rows = np.arange(width), np.arange(height)
+    for y in range(17, height, 29):
+        for thickness in (-1, 0, 1):
+            wave = np.round(3 * np.sin(columns / 9 + phase[0] + y)).astype(int)
+            probability[np.clip(y + wave + thickness, 0, height - 1), columns] = 0.95
+    for x in range(23, width, 31):
+        for thickness in (-1, 0, 1):
+            wave = np.round(3 * np.sin(rows / 7 + phase[1] + x)).astype(int)
+            probability[rows, np.clip(x + wave + thickness, 0, width - 1)] = 0.95
+    probability[61:67, :] = 0.05  # a corridor joining a whole row of cells: one cell across every seam
+    probability[60, :] = probability[67, :] = 0.95
+    return probability
+
+
+def tiled_cells(probability_stack, block_size, halo, cells):
+    """The stitched, volume-wide cells of a stack labelled tile by tile, as VolumeInference labels them."""
+    blocks = plan_blocks(probability_stack.shape, block_size)
+    labels, seams, counts = [], [], []
+    for block in blocks:
+        shape = probability_stack.shape[1:]
+        y0, x0 = max(block.y0 - halo, 0), max(block.x0 - halo, 0)
+        region = probability_stack[block.z, y0 : min(block.y1 + halo, shape[0]), x0 : min(block.x1 + halo, shape[1])]
+        crop, block_seams, _ = block_cells(region, block, (y0, x0), shape, cells, band=4)
+        labels.append(crop)
+        seams.append(block_seams)
+        counts.append(int(crop.max(initial=0)))
+    ids = stitch_cells(blocks, counts, seams)
+    result = np.zeros(probability_stack.shape, dtype=np.uint32)
+    for i, (block, crop) in enumerate(zip(blocks, labels, strict=True)):
+        result[block.z, block.y0 : block.y1, block.x0 : block.x1] = ids.block_lookup(i)[crop]
+    return result
+
+
+def same_cells(first: np.ndarray, second: np.ndarray) -> bool:
+    """One-to-one cells (where both have one), and the 1-pixel lines between them moved on under 0.5 % of pixels:
+    a watershed breaks ties on a flat membrane by the order it visits pixels, which a tile's origin changes."""
+    both = (first > 0) & (second > 0)
+    pairs = np.unique(np.stack([first[both], second[both]]), axis=1)
+    one_to_one = pairs.shape[1] == len(np.unique(first[first > 0])) == len(np.unique(second[second > 0]))
+    return one_to_one and ((first > 0) != (second > 0)).mean() < 0.005
+
+
+@pytest.mark.parametrize("method", ["components", "watershed"])
+def test_cells_cut_by_seams_come_back_whole(method):
+    probability = np.stack([membrane_walls(150, 170, seed) for seed in (0, 1)])
+    cells = CellLabeller(method, membrane_threshold=0.5)
+    whole = label_cell_stack(probability, **cells.options)
+    tiled = tiled_cells(probability, block_size=50, halo=24, cells=cells)
+    assert same_cells(tiled, whole)
+    corridor = np.unique(tiled[0, 63, :])
+    assert len(corridor) == 1 and corridor[0] > 0  # the long cell crosses 3 tiles and keeps one id
+    first, second = set(np.unique(tiled[0])) - {0}, set(np.unique(tiled[1])) - {0}
+    assert not first & second and max(first) < min(second)  # unique across sections, section by section
+
+
+def test_seam_merges_need_a_mutual_majority():
+    same = np.array([[1] * 4 + [2] * 4] * 4)
+    assert seam_merges(same, same + 10) == [(1, 11), (2, 12)]
+    shifted = np.array([[1] * 3 + [2] * 5] * 4)  # the neighbour's line moved by a pixel: still the same two cells
+    assert seam_merges(same, shifted + 10) == [(1, 11), (2, 12)]
+    sliver = np.array([[5] * 7 + [6]] * 4)  # 6 overlaps a quarter of 2: 2 and 6 stay apart
+    assert (2, 6) not in seam_merges(same, sliver)
+    assert seam_merges(np.zeros((2, 2), int), same[:2, :2]) == []
+
+
+def test_cell_ids_offsets_and_merged_groups():
+    ids = CellIds([2, 3, 1], merges=[((0, 2), (1, 1)), ((1, 1), (2, 1)), ((1, 3), (2, 1))])
+    assert ids.block_lookup(0).tolist() == [0, 1, 2]
+    assert ids.block_lookup(1).tolist() == [0, 2, 4, 2]
+    assert ids.block_lookup(2).tolist() == [0, 2]
+    assert ids.count == 3
+    with pytest.raises(ValueError, match="do not fit uint32"):
+        CellIds([2**31, 2**31])

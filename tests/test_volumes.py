@@ -1,0 +1,157 @@
+"""Blockwise inference through inference.json: the in-memory result block by block, OME-Zarr in and out, a
+2-worker cluster, resuming after kill -9, and faults that name the block and the file."""
+
+import csv
+import errno
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from conftest import BUNDLE, DATA, bundle_config
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Reader
+from ome_zarr.writer import write_image
+
+from scripts import volumes
+from scripts.errors import input_error_in_chain
+from scripts.volumes import BlockError
+
+SMALL = {"inference_roi": [128, 128]}  # windows smaller than the sections, so tiles cut across them
+
+
+@pytest.fixture(scope="module")
+def stack_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("volume") / "stack.tif"
+    tifffile.imwrite(path, tifffile.imread(DATA / "test-volume.tif")[:3, 100:400, 50:330], photometric="minisblack")
+    return path
+
+
+def infer(input_path, output_dir, run="run", **overrides):
+    config = bundle_config(
+        ["configs/inference.json"],
+        {"input_path": str(input_path), "output_dir": str(output_dir), **SMALL, **overrides},
+    )
+    config.get_parsed_content("initialize")
+    config.get_parsed_content(run)
+    return config
+
+
+def read_outputs(folder, name="stack"):
+    stacks = ("membrane_probability", "segmentation", "cells")
+    outputs = {stack: tifffile.imread(folder / f"{name}_{stack}.tif") for stack in stacks}
+    outputs["table"] = list(csv.DictReader((folder / f"{name}_cells.csv").open()))
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def in_memory(stack_path, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("in_memory")
+    infer(stack_path, folder, run="run_in_memory")
+    return read_outputs(folder)
+
+
+def same_cells(first, second):
+    both = (first > 0) & (second > 0)
+    pairs = np.unique(np.stack([first[both], second[both]]), axis=1)
+    one_to_one = pairs.shape[1] == len(np.unique(first[first > 0])) == len(np.unique(second[second > 0]))
+    return one_to_one and ((first > 0) != (second > 0)).mean() < 0.005
+
+
+def test_whole_section_blocks_give_the_in_memory_outputs_exactly(stack_path, in_memory, tmp_path):
+    infer(stack_path, tmp_path, block_size=None)
+    blockwise = read_outputs(tmp_path)
+    for key in ("membrane_probability", "segmentation", "cells"):
+        np.testing.assert_array_equal(blockwise[key], in_memory[key])
+    assert blockwise["table"] == in_memory["table"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "stack_cells.csv", "stack_cells.tif", "stack_membrane_probability.tif", "stack_segmentation.tif",
+    ]  # fmt: skip
+
+
+def test_tiles_have_no_seams(stack_path, in_memory, tmp_path):
+    config = infer(stack_path, tmp_path, block_size=100, **{"volume_inference#cell_halo": 64})
+    assert len(volumes.plan_blocks((3, 300, 280), 100)) == 27
+    tiled = read_outputs(tmp_path)
+    assert np.abs(tiled["membrane_probability"] - in_memory["membrane_probability"]).max() <= 1e-4
+    assert same_cells(tiled["cells"], in_memory["cells"])
+    ids = [int(row["id"]) for row in tiled["table"]]
+    assert sorted(ids) == sorted(set(np.unique(tiled["cells"])) - {0})  # one row per cell, cut by a seam or not
+    assert sum(float(row["area_px"]) for row in tiled["table"]) == (tiled["cells"] > 0).sum()
+    assert config.get_parsed_content("volume_inference").written[-1].name == "stack_cells.csv"
+
+
+def test_ome_zarr_in_and_out(stack_path, in_memory, tmp_path):
+    source = tmp_path / "stack.ome.zarr"
+    write_image(
+        tifffile.imread(stack_path), zarr.open_group(str(source), mode="w"), axes="zyx", scale_factors=(),
+        scale={"z": 0.05, "y": 0.004, "x": 0.004}, axes_units=dict.fromkeys("zyx", "micrometer"),
+    )  # fmt: skip
+    infer(source, tmp_path / "out")
+    output = tmp_path / "out" / "stack.ome.zarr"
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["stack.ome.zarr", "stack_cells.csv"]
+    image, _, cells = list(Reader(parse_url(str(output)))())
+    assert "Label" in [spec.__class__.__name__ for spec in cells.specs]
+    for node in (image, cells):
+        assert node.metadata["coordinateTransformations"][0][0]["scale"] == [1.0, 4.0, 4.0]
+    np.testing.assert_array_equal(image.data[0].compute(), in_memory["membrane_probability"])
+    np.testing.assert_array_equal(cells.data[0].compute(), in_memory["cells"])
+    assert zarr.open_array(str(output / "0")).chunks == (1, 300, 280)
+    header = (tmp_path / "out" / "stack_cells.csv").read_text().splitlines()[0]
+    assert "area_nm2" in header  # the pixel size came from the OME-Zarr metadata
+
+
+def test_two_worker_processes_on_loopback(stack_path, in_memory, tmp_path):
+    config = infer(stack_path, tmp_path, dask_workers=2, block_size=150)
+    run = config.get_parsed_content("volume_inference")
+    assert len(run.network_loads) == 2 and set(run.network_loads.values()) == {1}  # each worker loaded it once
+    assert all(address.startswith("tcp://127.0.0.1:") for address in run.network_loads)
+    tiled = read_outputs(tmp_path)
+    assert np.abs(tiled["membrane_probability"] - in_memory["membrane_probability"]).max() <= 1e-4
+    assert same_cells(tiled["cells"], in_memory["cells"])
+
+
+def test_a_run_killed_with_sigkill_resumes_with_the_missing_blocks_only(stack_path, in_memory, tmp_path):
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", "configs/inference.json",
+        "--input_path", str(stack_path), "--output_dir", str(tmp_path), "--inference_roi", "[128,128]",
+        "--block_size", "100", "--logging_file", "configs/logging.conf",
+    ]  # fmt: skip
+    records = tmp_path / ".stack.partial" / "blocks"
+    process = subprocess.Popen(command, cwd=BUNDLE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while len(list(records.glob("*.npz"))) < 5 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = len(list(records.glob("*.npz")))
+    assert 5 <= done < 27, "the run ended before it could be killed"
+    assert [path.name for path in tmp_path.iterdir()] == [".stack.partial"]  # nothing that looks finished
+    result = subprocess.run([*command, "--resume", "true"], cwd=BUNDLE, capture_output=True, text=True, check=True)
+    computed = re.search(r"27 blocks \((\d+) to compute\)", result.stdout + result.stderr)
+    assert computed and int(computed.group(1)) <= 27 - done  # (a block may finish between the count and the kill)
+    resumed = read_outputs(tmp_path)
+    assert np.abs(resumed["membrane_probability"] - in_memory["membrane_probability"]).max() <= 1e-4
+    assert same_cells(resumed["cells"], in_memory["cells"])
+    assert not (tmp_path / ".stack.partial").exists()
+
+
+def test_a_full_disk_names_the_block_and_the_file(stack_path, tmp_path, monkeypatch):
+    def full(path, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(volumes, "_atomic_savez", full)
+    with pytest.raises(RuntimeError) as raised:  # MONAI's "Failed to evaluate", raised from the BlockError
+        infer(stack_path, tmp_path, block_size=None)
+    error = input_error_in_chain(raised.value)
+    assert isinstance(error, BlockError) and str(error) == (
+        f"block (section 0, rows 0:300, columns 0:280): cannot write {tmp_path}/.stack.partial/blocks/z0_y0_x0.npz "
+        "(No space left on device)"
+    )
+    assert [path.name for path in tmp_path.iterdir()] == [".stack.partial"]  # kept for --resume
