@@ -97,11 +97,14 @@ def test_bad_blocks_name_the_file_and_the_section(tmp_path):
         open_volume(tmp_path / "notes.txt")
 
 
-def test_the_ome_zarr_output_opens_with_ome_zarr_py_and_its_labels_are_found(tmp_path):
-    root, image, labels = create_ome_zarr(tmp_path / "out.ome.zarr", (2, 32, 48), (1, 32, 48), np.float32)
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_the_ome_zarr_output_opens_with_ome_zarr_py_and_its_labels_are_found(tmp_path, version):
+    path = tmp_path / "out.ome.zarr"
+    root, image, labels = create_ome_zarr(path, (2, 32, 48), (1, 32, 48), np.float32, version=version)
     image[:] = 0.25
     labels[:] = 7
-    write_ome_zarr_metadata(root, (4.0, 4.0), "stack")
+    write_ome_zarr_metadata(root, (4.0, 4.0), "stack", version)
+    assert (tmp_path / "out.ome.zarr" / ("zarr.json" if version == "0.5" else ".zattrs")).is_file()
     nodes = list(Reader(parse_url(str(tmp_path / "out.ome.zarr")))())
     kinds = [[spec.__class__.__name__ for spec in node.specs] for node in nodes]
     assert kinds == [["Multiscales"], ["Labels"], ["Label", "Multiscales"]]

@@ -117,6 +117,14 @@ def test_two_worker_processes_on_loopback(stack_path, in_memory, tmp_path):
     assert same_cells(tiled["cells"], in_memory["cells"])
 
 
+def test_an_existing_cluster_by_its_scheduler_address(stack_path, in_memory, tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
+        infer(stack_path, tmp_path, dask_scheduler=cluster.scheduler_address)
+    np.testing.assert_array_equal(read_outputs(tmp_path)["cells"], in_memory["cells"])
+
+
 def test_a_run_killed_with_sigkill_resumes_with_the_missing_blocks_only(stack_path, in_memory, tmp_path):
     command = [
         sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", "configs/inference.json",
@@ -155,3 +163,16 @@ def test_a_full_disk_names_the_block_and_the_file(stack_path, tmp_path, monkeypa
         "(No space left on device)"
     )
     assert [path.name for path in tmp_path.iterdir()] == [".stack.partial"]  # kept for --resume
+
+
+def test_an_unreadable_chunk_names_the_block_and_the_file(stack_path, tmp_path):
+    source = tmp_path / "stack.zarr"
+    array = zarr.create_array(str(source), shape=(3, 300, 280), chunks=(1, 300, 280), dtype=np.uint8)
+    array[:] = tifffile.imread(stack_path)
+    (source / "c" / "1" / "0" / "0").write_bytes(b"not a compressed chunk")
+    with pytest.raises(RuntimeError) as raised:
+        infer(source, tmp_path / "out", block_size=None)
+    error = input_error_in_chain(raised.value)
+    assert str(error).startswith(f"{source}: cannot read section 1 (")
+    assert str(error).endswith("; in block (section 1, rows 0:300, columns 0:280)")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # bad input: nothing kept

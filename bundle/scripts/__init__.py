@@ -8,9 +8,10 @@ their table), ``averaging`` (weight average), ``checkpoints`` (resume and model 
 :class:`scripts.errors.InputError` the last line printed.
 """
 
+import importlib
+
 from . import (  # noqa: F401  (configs reach them as attributes of ``scripts``)
     averaging,
-    blockwise,
     cells,
     checkpoints,
     datalists,
@@ -25,9 +26,18 @@ from . import (  # noqa: F401  (configs reach them as attributes of ``scripts``)
     report,
     stack_io,
     transforms,
-    volume_io,
-    volumes,
     writers,
 )
+
+#: imported on first use (``scripts.volumes``, ``$scripts.volume_io...`` in a config): they bring in Dask and Zarr,
+#: which training does not need and MONAI Label's environment does not have
+_LAZY_MODULES = ("volume_io", "blockwise", "volumes")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 errors.install_last_line_hook()

@@ -231,10 +231,16 @@ class CellIds:
     Args:
         counts: the number of cells of each block, in block order.
         merges: pairs ``((block_index, local_id), (block_index, local_id))`` that are one cell.
+        first_id: the ids before the first block's (e.g. those of earlier sections).
     """
 
-    def __init__(self, counts: Sequence[int], merges: Sequence[tuple[tuple[int, int], tuple[int, int]]] = ()) -> None:
-        self.offsets = np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))])
+    def __init__(
+        self,
+        counts: Sequence[int],
+        merges: Sequence[tuple[tuple[int, int], tuple[int, int]]] = (),
+        first_id: int = 0,
+    ) -> None:
+        self.offsets = int(first_id) + np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))])
         if self.offsets[-1] >= np.iinfo(np.uint32).max:
             raise ValueError(f"{self.offsets[-1]} cells do not fit uint32 ids")
         parent: dict[int, int] = {}
@@ -257,7 +263,7 @@ class CellIds:
     @property
     def count(self) -> int:
         """The number of cells after the merges."""
-        return int(self.offsets[-1]) - len(self.merged)
+        return int(self.offsets[-1] - self.offsets[0]) - len(self.merged)
 
     def global_id(self, block_index: int, local_id: int) -> int:
         return int(self.offsets[block_index] + local_id)
@@ -272,13 +278,16 @@ class CellIds:
         return lookup
 
 
-def stitch_cells(blocks: Sequence[Block], counts: Sequence[int], seams: Sequence[dict[str, np.ndarray]]) -> CellIds:
+def stitch_cells(
+    blocks: Sequence[Block], counts: Sequence[int], seams: Sequence[dict[str, np.ndarray]], first_id: int = 0
+) -> CellIds:
     """Volume-wide ids of blockwise cells: block offsets, and the merges of each seam between neighbouring tiles.
 
     Args:
-        blocks: the blocks, in :func:`plan_blocks` order.
+        blocks: the blocks (all, or those of some sections), in :func:`plan_blocks` order.
         counts: each block's number of cells.
         seams: each block's seam bands, as :func:`block_cells` returns them.
+        first_id: the ids before the first block's.
     """
     index = {(block.z, block.row, block.column): i for i, block in enumerate(blocks)}
     merges = []
@@ -287,7 +296,7 @@ def stitch_cells(blocks: Sequence[Block], counts: Sequence[int], seams: Sequence
             j = index.get((block.z, block.row + row, block.column + column))
             if j is not None and side in seams[i]:
                 merges += [((i, a), (j, b)) for a, b in seam_merges(seams[i][side], seams[j][opposite])]
-    return CellIds(counts, merges)
+    return CellIds(counts, merges, first_id)
 
 
 def shift_table(

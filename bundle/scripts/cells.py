@@ -174,7 +174,7 @@ class CellLabeller:
             raise InputError(f"--cells#method: {method!r} is not one of {', '.join(CELL_METHODS)}")
         self.options = {"method": method, "membrane_threshold": membrane_threshold, **parameters}
         try:
-            label_cells(np.zeros((2, 2), np.float32), **self.options)
+            label_cells(np.array([[0.0, 1.0, 0.0]], np.float32), **self.options)  # two cells: a valid probe
         except TypeError as error:  # a parameter label_cells does not take
             raise InputError(f"cells: {error}") from error
 

@@ -26,6 +26,7 @@ import dask.array as da
 import numpy as np
 import tifffile
 
+from .errors import InputError
 from .stack_io import (
     _LENGTH_IN_NM,
     SLICE_SUFFIXES,
@@ -35,9 +36,7 @@ from .stack_io import (
     _read_one_file,
     list_slice_files,
 )
-from .stack_io import (
-    read_pixel_size as read_stack_pixel_size,
-)
+from .stack_io import read_pixel_size as read_stack_pixel_size
 
 __all__ = [
     "Volume",
@@ -47,6 +46,7 @@ __all__ = [
     "volume_name",
     "default_output_format",
     "OUTPUT_FORMATS",
+    "OME_ZARR_VERSIONS",
     "create_ome_zarr",
     "write_ome_zarr_metadata",
 ]
@@ -274,7 +274,19 @@ def _axes(pixel_size: tuple[float, float] | None) -> list[dict]:
     return [{"name": "z", "type": "space"}, *({"name": name, "type": "space", **unit} for name in "yx")]
 
 
-def create_ome_zarr(path: str | Path, shape, chunks, image_dtype, label_dtype=np.uint32):
+#: NGFF versions written: 0.5 (Zarr v3, the default) and 0.4 (Zarr v2, for viewers that read no Zarr v3 yet)
+OME_ZARR_VERSIONS = ("0.5", "0.4")
+
+
+def _ngff_format(version: str):
+    from ome_zarr.format import FormatV04, FormatV05
+
+    if version not in OME_ZARR_VERSIONS:
+        raise InputError(f"--ome_zarr_version {version}: must be one of {', '.join(OME_ZARR_VERSIONS)}")
+    return FormatV05() if version == "0.5" else FormatV04()
+
+
+def create_ome_zarr(path: str | Path, shape, chunks, image_dtype, label_dtype=np.uint32, version: str = "0.5"):
     """An NGFF image group at ``path``: the image array ``0`` and the label array ``labels/cells/0``, empty.
 
     Returns:
@@ -283,25 +295,27 @@ def create_ome_zarr(path: str | Path, shape, chunks, image_dtype, label_dtype=np
     """
     import zarr
 
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    options = {"shape": shape, "chunks": chunks, "dimension_names": ["z", "y", "x"], "fill_value": 0}
+    fmt = _ngff_format(version)
+    root = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
+    options = {"shape": shape, "chunks": chunks, "fill_value": 0}
+    if fmt.zarr_format == 3:
+        options["dimension_names"] = ["z", "y", "x"]
+    else:  # NGFF 0.4 keeps '/' between chunk indices
+        options["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
     image = root.create_array("0", dtype=image_dtype, **options)
     labels = root.require_group("labels").require_group("cells").create_array("0", dtype=label_dtype, **options)
     return root, image, labels
 
 
-def write_ome_zarr_metadata(root, pixel_size: tuple[float, float] | None, name: str) -> None:
-    """The NGFF 0.5 metadata of :func:`create_ome_zarr`'s group (multiscales of the image and of the cells label
-    image, the labels list and the label metadata), written by ome-zarr-py."""
-    from ome_zarr.format import FormatV05
+def write_ome_zarr_metadata(root, pixel_size: tuple[float, float] | None, name: str, version: str = "0.5") -> None:
+    """The NGFF metadata of :func:`create_ome_zarr`'s group, written by ome-zarr-py: the multiscales of the image
+    and of the cells label image, the labels list and the label metadata."""
     from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
 
+    fmt = _ngff_format(version)
     scale = [1.0, *(pixel_size if pixel_size is not None else (1.0, 1.0))]
     datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]
-    write_multiscales_metadata(
-        root, datasets, fmt=FormatV05(), axes=_axes(pixel_size), name=f"{name} membrane probability"
-    )
-    write_multiscales_metadata(root["labels"]["cells"], datasets, fmt=FormatV05(), axes=_axes(pixel_size), name="cells")
-    write_label_metadata(
-        root["labels"], "cells", fmt=FormatV05()
-    )  # lists "cells" in labels/ and marks it a label image
+    write_multiscales_metadata(root, datasets, fmt=fmt, axes=_axes(pixel_size), name=f"{name} membrane probability")
+    write_multiscales_metadata(root["labels"]["cells"], datasets, fmt=fmt, axes=_axes(pixel_size), name="cells")
+    # lists "cells" in labels/ and marks it a label image of the image two levels up
+    write_label_metadata(root["labels"], "cells", fmt=fmt, source={"image": "../../"})

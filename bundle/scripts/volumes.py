@@ -19,8 +19,9 @@ Outputs (``--output_format``; the default follows the input: OME-Zarr for Zarr i
 * ``tif``: ``<name>_membrane_probability.tif`` (float32), ``<name>_segmentation.tif`` (uint8, 255 = interior,
   0 = membrane), ``<name>_cells.tif`` (uint32), with ``challenge_submission`` also
   ``<name>_isbi2012_submission.tif``, written page by page (BigTIFF when large);
-* ``ome-zarr``: ``<name>.ome.zarr``, NGFF 0.5: the membrane probability as the image, the cells as the label
-  image ``labels/cells``, chunked like the blocks and compressed, with the pixel size;
+* ``ome-zarr``: ``<name>.ome.zarr``, NGFF 0.5 (or 0.4, ``--ome_zarr_version``): the membrane probability as
+  the image, the cells as the label image ``labels/cells``, chunked like the blocks and compressed, with the
+  pixel size;
 * both: ``<name>_cells.csv``, one row per cell (:func:`scripts.cells.cell_table`'s columns).
 """
 
@@ -45,7 +46,6 @@ from scipy.ndimage import find_objects
 
 from .blockwise import (
     Block,
-    CellIds,
     block_cells,
     measure_cells,
     plan_blocks,
@@ -60,6 +60,7 @@ from .errors import InputError
 from .flags import flag
 from .stack_io import StackError
 from .volume_io import (
+    OME_ZARR_VERSIONS,
     OUTPUT_FORMATS,
     Volume,
     create_ome_zarr,
@@ -138,20 +139,26 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             raise InputError(
                 f"--dask_scheduler {scheduler}: cannot connect ({type(error).__name__}: {error})"
             ) from error
-        with client:
-            # the bundle's scripts/ travel to workers that do not share this file system's Python path
+        with client, tempfile.TemporaryDirectory() as folder:
+            # the bundle's scripts/ travel to the workers, which may not share this Python path. Uploaded alone in a
+            # folder of their own, as UploadDirectory puts the uploaded folder on sys.path: scripts/ itself there
+            # would make its distributed.py shadow Dask's
             from distributed.diagnostics.plugin import UploadDirectory
 
-            client.register_plugin(UploadDirectory(str(Path(__file__).parent), update_path=True))
+            shutil.copytree(Path(__file__).parent, Path(folder) / "emseg_bundle" / "scripts")
+            client.register_plugin(UploadDirectory(str(Path(folder) / "emseg_bundle"), update_path=True))
             yield client
         return
     count = int(workers) if workers else max(torch.cuda.device_count(), 1)
     if count < 1:
         raise InputError(f"--dask_workers {workers}: needs at least one worker")
+    # Dask logs every connection at INFO: keep its warnings only, here and in the worker processes (which read the
+    # environment). LocalCluster's silence_logs would also quiet this process's own log handlers
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     with (
         LocalCluster(
-            n_workers=count, threads_per_worker=1, processes=count > 1, dashboard_address=":8787",
-            silence_logs=logging.WARNING,
+            n_workers=count, threads_per_worker=1, processes=count > 1, dashboard_address=":8787", silence_logs=False
         ) as cluster,
         Client(cluster) as client,
     ):  # fmt: skip
@@ -159,11 +166,16 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
 
 
 @functools.lru_cache(maxsize=8)
-def _open_cached(path: str) -> Volume:
+def _open_volume_once(path: str, stamp: tuple[int, int]) -> Volume:
     return open_volume(path)
 
 
-@functools.lru_cache(maxsize=8)
+def _open_cached(path: str) -> Volume:
+    """The worker process's reader of ``path``, opened once per file version (a TIFF's pages are indexed once)."""
+    status = os.stat(path)
+    return _open_volume_once(path, (status.st_mtime_ns, status.st_size))
+
+
 def _open_store(path: str):
     import zarr
 
@@ -270,6 +282,8 @@ class VolumeInference:
         cells: how sections become cells.
         pixel_size: (y, x) in nm, or None (the input's, when it records one).
         output_format: ``"tif"`` or ``"ome-zarr"`` (None: follows the input).
+        ome_zarr_version: NGFF version of OME-Zarr output: ``"0.5"`` (Zarr v3) or ``"0.4"`` (Zarr v2, for viewers
+            that read no Zarr v3 yet).
         block_size: sections larger than this are cut into tiles of at most ``block_size`` x ``block_size``.
         cell_halo: pixels of context around a tile for its cells; cells are stitched across tiles in a band of
             ``2 * band`` pixels.
@@ -293,6 +307,7 @@ class VolumeInference:
         cells: CellLabeller | None = None,
         pixel_size: Sequence[float] | None = None,
         output_format: str | None = None,
+        ome_zarr_version: str = "0.5",
         block_size: int | None = 2048,
         cell_halo: int = 128,
         band: int = 8,
@@ -314,6 +329,9 @@ class VolumeInference:
         self.output_format = output_format or default_output_format(input_path)
         if self.output_format not in OUTPUT_FORMATS:
             raise InputError(f"--output_format {output_format}: must be one of {', '.join(OUTPUT_FORMATS)}")
+        self.ome_zarr_version = str(ome_zarr_version)
+        if self.ome_zarr_version not in OME_ZARR_VERSIONS:
+            raise InputError(f"--ome_zarr_version {ome_zarr_version}: must be one of {', '.join(OME_ZARR_VERSIONS)}")
         if block_size is not None and int(block_size) < 64:
             raise InputError(f"--block_size {block_size}: must be at least 64 pixels (or null: whole sections)")
         if int(cell_halo) < int(band):
@@ -372,6 +390,7 @@ class VolumeInference:
         return {
             "input_path": str(self.input_path.resolve()), "shape": list(volume.shape), "block_size": self.block_size,
             "cell_halo": self.cell_halo, "band": self.band, "cells": repr(self.cells),
+            "ome_zarr_version": self.ome_zarr_version,
             "inferer": _describe(self.inferer), "blocks": len(blocks),
             "weights": float(sum(float(p.double().abs().sum()) for p in self.network.state_dict().values())),
         }  # fmt: skip
@@ -391,7 +410,7 @@ class VolumeInference:
             return
         shutil.rmtree(self.work, ignore_errors=True)
         chunks = (1, blocks[0].y1 - blocks[0].y0, blocks[0].x1 - blocks[0].x0)
-        root, _, _ = create_ome_zarr(self.work, volume.shape, chunks, np.float32)
+        root, _, _ = create_ome_zarr(self.work, volume.shape, chunks, np.float32, version=self.ome_zarr_version)
         root.create_array("cells_local", shape=volume.shape, chunks=chunks, dtype=np.uint32, fill_value=0)
         (self.work / "blocks").mkdir()
         record.write_text(json.dumps(signature))
@@ -434,81 +453,79 @@ class VolumeInference:
         return None if self.progress_bar is None else not self.progress_bar
 
     # -- finishing -----------------------------------------------------------------------------------------
-    def _records(self, blocks: list[Block]) -> list[dict]:
-        records = []
-        for block in blocks:
-            with np.load(self.work / "blocks" / f"{block.name}.npz") as data:
-                records.append({key: data[key] for key in data.files})
-        return records
+    def _record(self, block: Block) -> dict:
+        with np.load(self.work / "blocks" / f"{block.name}.npz") as data:
+            return {key: data[key] for key in data.files}
 
-    def _global_cells(self, store, blocks, ids: CellIds, z: int, rows: slice, columns: slice) -> np.ndarray:
-        """Volume-wide cell ids of section ``z``'s ``rows`` x ``columns``."""
-        local = np.asarray(store["cells_local"][z, rows, columns])
-        cells = np.zeros(local.shape, dtype=np.uint32)
-        per_section = len(blocks) // (blocks[-1].z + 1)  # every section has the same tiles
-        for i in range(z * per_section, (z + 1) * per_section):
-            block = blocks[i]
-            if block.y1 <= rows.start or block.y0 >= rows.stop or block.x1 <= columns.start or block.x0 >= columns.stop:
-                continue
-            part = (
-                slice(max(block.y0, rows.start) - rows.start, min(block.y1, rows.stop) - rows.start),
-                slice(max(block.x0, columns.start) - columns.start, min(block.x1, columns.stop) - columns.start),
-            )
-            cells[part] = ids.block_lookup(i)[local[part]]
-        return cells
+    def _count(self, block: Block) -> int:
+        with np.load(self.work / "blocks" / f"{block.name}.npz") as data:
+            return int(data["count"])
 
-    def _seam_cell_rows(self, store, volume, blocks, records, ids: CellIds, pixel_size) -> dict[int, list[dict]]:
-        """Table rows of the cells that touch a seam, measured on the volume-wide ids, by section."""
-        boxes: dict[int, list[int]] = {}  # global id -> [z, y0, y1, x0, x1]
-        for i, (block, record) in enumerate(zip(blocks, records, strict=True)):
-            lookup = ids.block_lookup(i)
+    def _finish_section(self, client, store, volume, blocks, first_id: int, pixel_size) -> tuple:
+        """One section's cells: its table rows ordered by id (None: no cell), its cell count, and the futures of
+        the tasks writing its stitched ids to ``labels/cells/0``. Only this section's block records are loaded."""
+        records = [self._record(block) for block in blocks]
+        seams = [{key[len("seam_") :]: value for key, value in r.items() if key.startswith("seam_")} for r in records]
+        ids = stitch_cells(blocks, [int(record["count"]) for record in records], seams, first_id)
+        lookups = [ids.block_lookup(i) for i in range(len(blocks))]
+        relabelled = client.map(_relabel_block, blocks, lookups, work=str(self.work.resolve()), pure=False)
+        parts, boxes = [], {}  # boxes: id of a cell cut by a seam -> its bounding box over all its tiles
+        for record, lookup in zip(records, lookups, strict=True):
+            table = {key[len("table_") :]: value for key, value in record.items() if key.startswith("table_")}
+            table["id"] = lookup[table["id"].astype(np.int64)].astype(np.int64)
+            parts.append(table)
             for local, y0, y1, x0, x1 in record["touching"]:
-                cell = int(lookup[local])
-                box = boxes.get(cell, [block.z, y0, y1, x0, x1])
-                boxes[cell] = [block.z, min(box[1], y0), max(box[2], y1), min(box[3], x0), max(box[4], x1)]
-        rows: dict[int, list[dict]] = {}
-        for cell, (z, y0, y1, x0, x1) in sorted(boxes.items()):
-            labels = self._global_cells(store, blocks, ids, z, slice(y0, y1), slice(x0, x1))
+                box = boxes.get(int(lookup[local]), [y0, y1, x0, x1])
+                boxes[int(lookup[local])] = [min(box[0], y0), max(box[1], y1), min(box[2], x0), max(box[3], x1)]
+        z = blocks[0].z
+        for cell, (y0, y1, x0, x1) in sorted(boxes.items()):  # measured whole, once stitched
+            labels = _stitched(store, blocks, lookups, z, slice(y0, y1), slice(x0, x1))
             raw = volume.read(z, slice(y0, y1), slice(x0, x1))
             table = measure_cells(np.where(labels == cell, labels, 0), raw, pixel_size)
-            rows.setdefault(z, []).append(shift_table(table, z, (y0, x0), pixel_size))
-        return rows
-
-    def _table(self, blocks, records, ids: CellIds, seam_rows: dict[int, list[dict]]) -> Iterator[dict]:
-        """The table's rows section by section, ordered by id."""
-        sections: dict[int, list[dict]] = {}
-        for i, (block, record) in enumerate(zip(blocks, records, strict=True)):
-            table = {key[len("table_") :]: value for key, value in record.items() if key.startswith("table_")}
-            table["id"] = ids.block_lookup(i)[table["id"].astype(np.int64)].astype(np.int64)
-            sections.setdefault(block.z, []).append(table)
-        for z in sorted(sections):
-            parts = [part for part in sections[z] + seam_rows.get(z, []) if len(part["id"])]
-            if not parts:
-                continue
-            columns = [column for column in CELL_COLUMNS if column in parts[0]]
-            merged = {column: np.concatenate([part[column] for part in parts]) for column in columns}
-            order = np.argsort(merged["id"], kind="stable")
-            yield {column: values[order] for column, values in merged.items()}
+            parts.append(shift_table(table, z, (y0, x0), pixel_size))
+        parts = [part for part in parts if len(part["id"])]
+        if not parts:
+            return None, ids.count, relabelled
+        columns = [column for column in CELL_COLUMNS if column in parts[0]]
+        rows = {column: np.concatenate([part[column] for part in parts]) for column in columns}
+        order = np.argsort(rows["id"], kind="stable")
+        return {column: values[order] for column, values in rows.items()}, ids.count, relabelled
 
     def finish(self, volume: Volume, blocks: list[Block], pixel_size, client) -> None:
-        """Volume-wide ids, seam merges, the table and the outputs, each written under a temporary name and all
-        renamed at the end."""
-        records = self._records(blocks)
-        seams = [{key[len("seam_") :]: value for key, value in r.items() if key.startswith("seam_")} for r in records]
-        ids = stitch_cells(blocks, [int(record["count"]) for record in records], seams)
+        """Volume-wide ids, seam merges, the table and the outputs, section by section; each output is written
+        under a temporary name, and all are renamed at the end."""
+        counts = [self._count(block) for block in blocks]
         store = _open_store(str(self.work.resolve()))
-        seam_rows = self._seam_cell_rows(store, volume, blocks, records, ids, pixel_size)
         targets = self.outputs()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         temporary = {key: path.with_name(f".{path.name}.partial") for key, path in targets.items()}
         for path in temporary.values():
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        per_section = len(blocks) // volume.shape[0]  # every section has the same tiles
+        cells, relabelled = 0, []
         try:
-            self._write_table(temporary["table"], blocks, records, ids, seam_rows, pixel_size)
+            with temporary["table"].open("wb") as table:
+                header = True
+                for z in range(volume.shape[0]):
+                    section = slice(z * per_section, (z + 1) * per_section)
+                    first_id = sum(counts[: section.start])
+                    rows, count, futures = self._finish_section(
+                        client, store, volume, blocks[section], first_id, pixel_size
+                    )
+                    cells, relabelled = cells + count, relabelled + futures
+                    if rows is not None:
+                        data = csv_bytes(rows)
+                        table.write(data if header else data.split(b"\n", 1)[1])
+                        header = False
+                if header:  # no cell at all: the header alone
+                    table.write((",".join(c for c in CELL_COLUMNS if pixel_size or "_nm" not in c) + "\n").encode())
+            client.gather(relabelled)
             if self.output_format == "ome-zarr":
-                self._write_ome_zarr(client, store, blocks, ids, pixel_size)
+                shutil.rmtree(self.work / "blocks")
+                del store["cells_local"]
+                write_ome_zarr_metadata(store, pixel_size, self.name, self.ome_zarr_version)
             else:
-                self._write_tiffs(temporary, store, blocks, ids, volume.shape, pixel_size)
+                self._write_tiffs(temporary, store, volume.shape, pixel_size)
         except OSError as error:
             raise BlockError(
                 f"{error.filename or self.output_dir}: cannot write the outputs ({error.strerror or error})"
@@ -523,31 +540,10 @@ class VolumeInference:
         self.written = list(targets.values())
         logger.info(
             "wrote %s (%d sections of %dx%d in %d blocks, %d cells)",
-            ", ".join(str(p) for p in self.written), *volume.shape, len(blocks),
-            ids.count,
+            ", ".join(str(p) for p in self.written), *volume.shape, len(blocks), cells,
         )  # fmt: skip
 
-    def _write_table(self, path: Path, blocks, records, ids: CellIds, seam_rows, pixel_size) -> None:
-        with path.open("wb") as file:
-            header = True
-            for rows in self._table(blocks, records, ids, seam_rows):
-                data = csv_bytes(rows)
-                file.write(data if header else data.split(b"\n", 1)[1])
-                header = False
-            if header:  # no cell at all: the header alone
-                file.write((",".join(c for c in CELL_COLUMNS if pixel_size or not c.endswith("_nm")) + "\n").encode())
-
-    def _write_ome_zarr(self, client, store, blocks, ids: CellIds, pixel_size) -> None:
-        futures = client.map(
-            _relabel_block, blocks, [ids.block_lookup(i) for i in range(len(blocks))],
-            work=str(self.work.resolve()), pure=False,
-        )  # fmt: skip
-        client.gather(futures)
-        shutil.rmtree(self.work / "blocks")
-        del store["cells_local"]
-        write_ome_zarr_metadata(_open_store(str(self.work.resolve())), pixel_size, self.name)
-
-    def _write_tiffs(self, temporary, store, blocks, ids: CellIds, shape, pixel_size) -> None:
+    def _write_tiffs(self, temporary, store, shape, pixel_size) -> None:
         def probability() -> Iterator[np.ndarray]:
             for z in range(shape[0]):
                 yield np.asarray(store["0"][z])
@@ -558,7 +554,7 @@ class VolumeInference:
 
         def cells() -> Iterator[np.ndarray]:
             for z in range(shape[0]):
-                yield self._global_cells(store, blocks, ids, z, slice(0, shape[1]), slice(0, shape[2]))
+                yield np.asarray(store["labels"]["cells"]["0"][z])
 
         def submission() -> Iterator[np.ndarray]:
             for section in probability():
@@ -573,6 +569,22 @@ class VolumeInference:
         for key, (dtype, generate) in pages.items():
             if key in temporary:
                 _write_pages(temporary[key], shape, dtype, generate(), pixel_size)
+
+
+def _stitched(store, blocks: list[Block], lookups: list[np.ndarray], z: int, rows: slice, columns: slice):
+    """Volume-wide cell ids of section ``z``'s ``rows`` x ``columns``, from the block-local ids and each block's
+    lookup (``blocks`` and ``lookups``: those of section ``z``)."""
+    local = np.asarray(store["cells_local"][z, rows, columns])
+    cells = np.zeros(local.shape, dtype=np.uint32)
+    for block, lookup in zip(blocks, lookups, strict=True):
+        if block.y1 <= rows.start or block.y0 >= rows.stop or block.x1 <= columns.start or block.x0 >= columns.stop:
+            continue
+        part = (
+            slice(max(block.y0, rows.start) - rows.start, min(block.y1, rows.stop) - rows.start),
+            slice(max(block.x0, columns.start) - columns.start, min(block.x1, columns.stop) - columns.start),
+        )
+        cells[part] = lookup[local[part]]
+    return cells
 
 
 def _relabel_block(block: Block, lookup: np.ndarray, work: str) -> None:
