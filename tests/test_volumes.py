@@ -3,6 +3,7 @@
 
 import csv
 import errno
+import json
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ from ome_zarr.writer import write_image
 
 from scripts import volumes
 from scripts.errors import input_error_in_chain
-from scripts.volumes import BlockError
+from scripts.volumes import BlockError, worker_device
 
 SMALL = {"inference_roi": [128, 128]}  # windows smaller than the sections, so tiles cut across them
 
@@ -108,7 +109,7 @@ def test_ome_zarr_in_and_out(stack_path, in_memory, tmp_path):
 
 
 def test_two_worker_processes_on_loopback(stack_path, in_memory, tmp_path):
-    config = infer(stack_path, tmp_path, dask_workers=2, block_size=150)
+    config = infer(stack_path, tmp_path, dask_workers=2, block_size=100)  # tiles of 100 x 94 and shorter last ones
     run = config.get_parsed_content("volume_inference")
     assert len(run.network_loads) == 2 and set(run.network_loads.values()) == {1}  # each worker loaded it once
     assert all(address.startswith("tcp://127.0.0.1:") for address in run.network_loads)
@@ -117,12 +118,35 @@ def test_two_worker_processes_on_loopback(stack_path, in_memory, tmp_path):
     assert same_cells(tiled["cells"], in_memory["cells"])
 
 
-def test_an_existing_cluster_by_its_scheduler_address(stack_path, in_memory, tmp_path):
-    from distributed import LocalCluster
+def test_an_existing_cluster_whose_workers_do_not_have_the_bundle(stack_path, in_memory, tmp_path):
+    """A scheduler and a worker started as on a cluster node: outside bundle/, without scripts on their path."""
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    scheduler_file = tmp_path / "scheduler.json"
+    dask = [sys.executable, "-m", "distributed.cli"]
+    processes = [
+        subprocess.Popen([*dask[:2], "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                          "--no-dashboard", "--scheduler-file", str(scheduler_file)], cwd=tmp_path, env=environment),
+        subprocess.Popen([*dask[:2], "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
+                          "--nthreads", "1", "--no-dashboard"], cwd=tmp_path, env=environment),
+    ]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        from distributed import Client
 
-    with LocalCluster(n_workers=1, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
-        infer(stack_path, tmp_path, dask_scheduler=cluster.scheduler_address)
-    np.testing.assert_array_equal(read_outputs(tmp_path)["cells"], in_memory["cells"])
+        with Client(address) as client:
+            client.wait_for_workers(1, timeout=60)
+            assert not client.run(lambda: __import__("importlib.util").util.find_spec("scripts") is not None).get(
+                next(iter(client.scheduler_info()["workers"]))
+            )  # the worker cannot import the bundle by itself
+        infer(stack_path, tmp_path / "out", dask_scheduler=address)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
+    np.testing.assert_array_equal(read_outputs(tmp_path / "out")["cells"], in_memory["cells"])
 
 
 def test_a_run_killed_with_sigkill_resumes_with_the_missing_blocks_only(stack_path, in_memory, tmp_path):
@@ -163,16 +187,40 @@ def test_a_full_disk_names_the_block_and_the_file(stack_path, tmp_path, monkeypa
         "(No space left on device)"
     )
     assert [path.name for path in tmp_path.iterdir()] == [".stack.partial"]  # kept for --resume
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError) as raised:  # a resume with another pixel size would mix units in the table
+        infer(stack_path, tmp_path, block_size=None, resume=True, pixel_size=[4, 4])
+    assert "pixel_size differ" in str(input_error_in_chain(raised.value))
 
 
-def test_an_unreadable_chunk_names_the_block_and_the_file(stack_path, tmp_path):
+def test_an_output_that_would_overwrite_the_input_is_refused(stack_path, tmp_path):
+    source = tmp_path / "stack.ome.zarr"
+    write_image(tifffile.imread(stack_path)[:1], zarr.open_group(str(source), mode="w"), axes="zyx", scale_factors=())
+    with pytest.raises(RuntimeError) as raised:  # the default output, <output_dir>/stack.ome.zarr, is the input
+        infer(source, tmp_path)
+    assert f"would overwrite the input {source}" in str(input_error_in_chain(raised.value))
+    assert source.is_dir() and sorted(path.name for path in tmp_path.iterdir()) == ["stack.ome.zarr"]
+
+
+@pytest.mark.parametrize(
+    ("block_size", "block"),
+    [(None, "block (section 1, rows 0:300, columns 0:280)"), (100, "block (section 1, rows 0:100, columns 0:94)")],
+    ids=["sections", "tiles"],
+)
+def test_an_unreadable_chunk_names_the_block_and_the_file(stack_path, tmp_path, block_size, block):
     source = tmp_path / "stack.zarr"
     array = zarr.create_array(str(source), shape=(3, 300, 280), chunks=(1, 300, 280), dtype=np.uint8)
     array[:] = tifffile.imread(stack_path)
     (source / "c" / "1" / "0" / "0").write_bytes(b"not a compressed chunk")
     with pytest.raises(RuntimeError) as raised:
-        infer(source, tmp_path / "out", block_size=None)
+        infer(source, tmp_path / "out", block_size=block_size)
     error = input_error_in_chain(raised.value)
     assert str(error).startswith(f"{source}: cannot read section 1 (")
-    assert str(error).endswith("; in block (section 1, rows 0:300, columns 0:280)")
+    assert str(error).endswith(f"; in {block}")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # bad input: nothing kept
+
+
+def test_each_gpu_worker_gets_one_device():
+    assert [str(worker_device(name, "cuda", 2)) for name in (0, 1, 2)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert str(worker_device("tcp://10.0.0.7:4001", "cuda", 1)) == "cuda:0"  # a worker that sees one GPU
+    assert str(worker_device(1, "cuda", 0)) == "cpu" and str(worker_device(1, "cpu", 4)) == "cpu"

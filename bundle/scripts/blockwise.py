@@ -32,9 +32,11 @@ from monai.inferers.utils import _get_scan_interval
 from monai.transforms import ScaleIntensityRange
 
 from .cells import CellLabeller, cell_table
+from .errors import InputError
 
 __all__ = [
     "Block",
+    "tile_size",
     "plan_blocks",
     "window_starts",
     "prediction_region",
@@ -69,17 +71,20 @@ class Block:
         return f"block (section {self.z}, rows {self.y0}:{self.y1}, columns {self.x0}:{self.x1})"
 
 
-def _edges(size: int, block: int) -> list[int]:
-    count = max(1, -(-size // block))
-    return np.linspace(0, size, count + 1).round().astype(int).tolist()
+def tile_size(size: int, block_size: int | None) -> int:
+    """The tile length along an axis of ``size`` pixels: near ``size / n`` for the fewest tiles ``n`` of at most
+    ``block_size`` (the last tile may be shorter), so every tile is whole chunks of that length."""
+    if not block_size or block_size >= size:
+        return size
+    return -(-size // -(-size // block_size))
 
 
 def plan_blocks(shape: Sequence[int], block_size: int | None) -> list[Block]:
-    """The blocks of a (Z, H, W) volume, in order: whole sections, or near-equal tiles of at most
-    ``block_size`` x ``block_size`` pixels (``None``: whole sections)."""
+    """The blocks of a (Z, H, W) volume, in order: whole sections, or tiles of at most ``block_size`` x
+    ``block_size`` pixels on a regular grid of :func:`tile_size` (``None``: whole sections)."""
     depth, height, width = (int(size) for size in shape)
-    rows = _edges(height, block_size or height)
-    columns = _edges(width, block_size or width)
+    rows = list(range(0, height, tile_size(height, block_size))) + [height]
+    columns = list(range(0, width, tile_size(width, block_size))) + [width]
     return [
         Block(z, rows[r], rows[r + 1], columns[c], columns[c + 1], r, c)
         for z in range(depth)
@@ -117,11 +122,18 @@ def prediction_region(
 
 
 def sliding_window_of(inferer) -> SlidingWindowInferer:
-    """The ``SlidingWindowInferer`` inside ``inferer`` (itself, or the one a test-time-augmentation wrapper holds)."""
+    """The ``SlidingWindowInferer`` inside ``inferer`` (itself, or the one a test-time-augmentation wrapper holds),
+    checked: a window of positive size and one overlap for both axes, as :func:`prediction_region` assumes."""
     while not isinstance(inferer, SlidingWindowInferer):
         if not hasattr(inferer, "inferer"):
             raise TypeError(f"blockwise inference needs a SlidingWindowInferer, got {type(inferer).__name__}")
         inferer = inferer.inferer
+    roi = inferer.roi_size if isinstance(inferer.roi_size, Sequence) else [inferer.roi_size] * 2
+    if not isinstance(inferer.overlap, float | int) or len(roi) != 2 or min(roi) < 1:
+        raise InputError(
+            f"--inference_roi {list(roi)} / overlap {inferer.overlap}: blockwise inference needs a 2D window of "
+            "positive size and one overlap for both axes"
+        )
     return inferer
 
 
@@ -183,10 +195,10 @@ def block_cells(
         band: half-width of the seam bands.
 
     Returns:
-        ``(labels, seams, touching)``: the block's (y1 - y0, x1 - x0) uint32 ids 1..k; for each seam to a later
-        tile (``"below"``, ``"right"``) the labels of the band ``2 * band`` pixels wide centred on it, over the
-        block's extent (ids of cells outside the block are 0); and the ids of cells that touch an inner edge
-        of the block (cut by a seam, measured once they are whole).
+        ``(labels, seams, touching)``: the block's (y1 - y0, x1 - x0) uint32 ids 1..k; for each seam to a
+        neighbouring tile (``"above"``, ``"below"``, ``"left"``, ``"right"``) the labels of the band ``2 * band``
+        pixels wide centred on it, over the block's extent (ids of cells outside the block are 0); and the ids in
+        any band (cells a seam may cut: measured once they are whole, not here).
     """
     labels = cells(probability)
     top, left = block.y0 - origin[0], block.x0 - origin[1]
@@ -206,9 +218,8 @@ def block_cells(
     if block.x0 > 0:
         seams["left"] = lookup[labels[top : top + crop.shape[0], left - band : left + band]]
     crop = lookup[crop]
-    edges = [crop[0] if block.y0 > 0 else None, crop[-1] if block.y1 < section_shape[0] else None,
-             crop[:, 0] if block.x0 > 0 else None, crop[:, -1] if block.x1 < section_shape[1] else None]  # fmt: skip
-    touching = np.unique(np.concatenate([edge for edge in edges if edge is not None] or [np.zeros(0, np.uint32)]))
+    # every cell a seam merge may join: those in a band (a cell that touches an inner edge is in its band)
+    touching = np.unique(np.concatenate([band.ravel() for band in seams.values()] or [np.zeros(0, np.uint32)]))
     return crop, seams, touching[touching > 0]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,8 @@ class Volume:
     array: da.Array
     pixel_size: tuple[float, float] | None
     kind: str
+    #: reads one whole section directly (a folder's file), skipping the array's graph of one layer per section
+    section_reader: Callable[[int], np.ndarray] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -77,14 +80,25 @@ class Volume:
     def read(self, z: int, rows: slice = slice(None), columns: slice = slice(None)) -> np.ndarray:
         """Section ``z``'s pixels in ``rows`` x ``columns`` as a numpy array, checked.
 
+        Args:
+            z: the section.
+            rows, columns: the part of it (default: all).
+
+        Returns:
+            (rows, columns) array in the input's dtype.
+
         Raises:
-            StackError: the block cannot be read (corrupt page or chunk, a slice of another shape) or holds NaN.
+            StackError: the block cannot be decoded (corrupt page or chunk, a slice of another shape) or holds NaN.
+            OSError: the file system failed to read it (unchanged, so that a run can tell it from bad data).
         """
         recorder, tiff_logger = _LogRecorder(), logging.getLogger("tifffile")
         tiff_logger.addHandler(recorder)
         try:
-            block = np.asarray(self.array[z, rows, columns].compute(scheduler="synchronous"))
-        except StackError:
+            if self.section_reader is not None:
+                block = self.section_reader(z)[rows, columns]
+            else:
+                block = np.asarray(self.array[z, rows, columns].compute(scheduler="synchronous"))
+        except (StackError, OSError):  # bad data named already; an I/O error is the caller's to report
             raise
         except Exception as error:  # zarr, codecs and tifffile raise many types for unreadable data
             raise StackError(
@@ -153,13 +167,16 @@ def _open_tiff(path: Path) -> da.Array:
             f"{path}: has shape {shape}; expected single-channel grayscale slices (H, W) or a stack (Z, H, W), "
             "not colour or multi-channel images"
         )
-    # the file stays open for the reader's life: tifffile's Zarr store reads pages on demand
-    array = da.from_zarr(zarr.open_array(series.aszarr(), mode="r"))
+    # the file stays open for the reader's life: tifffile's Zarr store reads pages on demand (level 0 of a pyramid)
+    try:
+        array = da.from_zarr(zarr.open_array(series.aszarr(level=0), mode="r"))
+    except Exception as error:  # tifffile and zarr raise many types for layouts they cannot map
+        raise StackError(f"{path}: cannot be read page by page ({type(error).__name__}: {error})") from error
     _checked_dtype(array, path)
     return array if array.ndim == 3 else array[None]
 
 
-def _open_folder(path: Path) -> da.Array:
+def _open_folder(path: Path) -> tuple[da.Array, Callable[[int], np.ndarray]]:
     files = list_slice_files(path)
     first = _as_slices(_read_one_file(files[0]), files[0], per_slice_file=True)[0]
 
@@ -173,7 +190,7 @@ def _open_folder(path: Path) -> da.Array:
         return image
 
     sections = [da.from_delayed(dask.delayed(read)(file), first.shape, first.dtype) for file in files]
-    return da.stack(sections)
+    return da.stack(sections), lambda z: read(files[z])
 
 
 def _open_ome_zarr(path: Path) -> tuple[da.Array, tuple[float, float] | None]:
@@ -237,7 +254,8 @@ def open_volume(path: str | Path) -> Volume:
             return Volume(path, array, pixel_size, "ome-zarr")
         return Volume(path, _open_zarr_array(path), None, "zarr")
     if path.is_dir():
-        return Volume(path, _open_folder(path), read_stack_pixel_size(path), "folder")
+        array, section_reader = _open_folder(path)
+        return Volume(path, array, read_stack_pixel_size(path), "folder", section_reader)
     if path.suffix.lower() in (".tif", ".tiff"):
         return Volume(path, _open_tiff(path), read_stack_pixel_size(path), "tif")
     if path.suffix.lower() in SLICE_SUFFIXES:

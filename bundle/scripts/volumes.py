@@ -30,11 +30,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -42,6 +44,7 @@ import numpy as np
 import tifffile
 import torch
 from distributed.diagnostics.plugin import WorkerPlugin
+from monai.utils import ensure_tuple_rep
 from scipy.ndimage import find_objects
 
 from .blockwise import (
@@ -68,9 +71,9 @@ from .volume_io import (
     open_volume,
     write_ome_zarr_metadata,
 )
-from .writers import csv_bytes
+from .writers import atomic_write, csv_bytes
 
-__all__ = ["BlockError", "NetworkPlugin", "VolumeInference", "dask_client"]
+__all__ = ["BlockError", "NetworkPlugin", "VolumeInference", "dask_client", "worker_device", "run_block"]
 
 logger = logging.getLogger("VolumeInference")
 PLUGIN_NAME = "emseg-network"
@@ -85,35 +88,58 @@ class BlockError(InputError):
 class NetworkPlugin(WorkerPlugin):
     """A Dask worker plugin that puts the network on the worker's device once, when the worker starts.
 
-    A worker of a CUDA run gets one device: ``cuda:i`` for the ``i``-th worker of a local cluster (workers are
-    named 0, 1, ...), ``cuda:0`` where each worker sees one GPU (``CUDA_VISIBLE_DEVICES``, as dask-cuda sets).
+    Its device (:func:`worker_device`): one GPU per worker when the run or the worker has CUDA, else the CPU. A
+    worker runs one block at a time through the network (a lock), however many threads it has.
 
     Args:
         network: the network with its weights (copied to the CPU for shipping).
         inferer: the configs' inferer.
-        device_type: ``"cuda"`` or ``"cpu"``.
-        amp: autocast on CUDA.
+        device_type: ``"cuda"``, ``"cpu"``, or ``"auto"``: CUDA wherever the worker has it (an existing cluster's
+            GPU workers, started from a machine without one).
+        amp: autocast on CUDA (None: on wherever the worker's device is CUDA).
         threads: torch threads per worker (None: leave torch's default).
+        own_cluster: the workers are the local cluster's, named 0, 1, ... and seeing every GPU.
     """
 
     name = PLUGIN_NAME
 
-    def __init__(self, network: torch.nn.Module, inferer, device_type: str, amp: bool, threads: int | None) -> None:
+    def __init__(
+        self, network: torch.nn.Module, inferer, device_type: str, amp: bool | None, threads: int | None,
+        own_cluster: bool = True,
+    ) -> None:  # fmt: skip
         self.network = copy.deepcopy(network).cpu().eval()
-        self.inferer, self.device_type, self.amp, self.threads = inferer, device_type, amp, threads
+        self.inferer, self.device_type, self.threads, self.own_cluster = inferer, device_type, threads, own_cluster
+        self.amp_option, self.amp = amp, False
         self.device = torch.device("cpu")
+        self.lock = None
 
     def setup(self, worker) -> None:
+        import threading
+
         if self.threads:
             torch.set_num_threads(self.threads)
-        if self.device_type == "cuda" and torch.cuda.is_available():
-            index = worker.name if isinstance(worker.name, int) else 0
-            self.device = torch.device(f"cuda:{index % torch.cuda.device_count()}")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        self.device = worker_device(worker.name, self.device_type, count, self.own_cluster)
+        self.amp = self.device.type == "cuda" if self.amp_option is None else bool(self.amp_option)
         self.network = self.network.to(self.device).eval()
+        self.lock = threading.Lock()
         NETWORK_LOADS["count"] += 1
 
     def teardown(self, worker) -> None:
         self.network = None
+
+
+def worker_device(worker_name, device_type: str, cuda_devices: int, own_cluster: bool = True) -> torch.device:
+    """The device of a worker that sees ``cuda_devices`` GPUs.
+
+    ``cuda:i`` for the worker named ``i`` of the local cluster the bundle starts (modulo the GPUs); ``cuda:0``, the
+    first GPU it sees, for a worker of an existing cluster (dask-cuda and job schedulers give each worker its own
+    ``CUDA_VISIBLE_DEVICES``); the CPU for a CPU run or without CUDA. ``device_type`` ``"auto"``: CUDA if any.
+    """
+    if device_type not in ("cuda", "auto") or cuda_devices < 1:
+        return torch.device("cpu")
+    index = worker_name if own_cluster and isinstance(worker_name, int) else 0
+    return torch.device(f"cuda:{index % cuda_devices}")
 
 
 def _plugin() -> NetworkPlugin:
@@ -140,13 +166,12 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
                 f"--dask_scheduler {scheduler}: cannot connect ({type(error).__name__}: {error})"
             ) from error
         with client, tempfile.TemporaryDirectory() as folder:
-            # the bundle's scripts/ travel to the workers, which may not share this Python path. Uploaded alone in a
-            # folder of their own, as UploadDirectory puts the uploaded folder on sys.path: scripts/ itself there
-            # would make its distributed.py shadow Dask's
-            from distributed.diagnostics.plugin import UploadDirectory
-
-            shutil.copytree(Path(__file__).parent, Path(folder) / "emseg_bundle" / "scripts")
-            client.register_plugin(UploadDirectory(str(Path(folder) / "emseg_bundle"), update_path=True))
+            # the bundle's scripts/ travel to the workers (and to workers that join later), which may not share
+            # this Python path: a zip holding the package, put on each worker's sys.path
+            archive = shutil.make_archive(
+                str(Path(folder) / "emseg_scripts"), "zip", Path(__file__).parents[1], "scripts"
+            )  # fmt: skip
+            client.upload_file(archive)  # the scheduler too: it unpickles the tasks
             yield client
         return
     count = int(workers) if workers else max(torch.cuda.device_count(), 1)
@@ -158,7 +183,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     with (
         LocalCluster(
-            n_workers=count, threads_per_worker=1, processes=count > 1, dashboard_address=":8787", silence_logs=False
+            n_workers=count, threads_per_worker=1, processes=count > 1, dashboard_address="127.0.0.1:8787",
+            silence_logs=False,
         ) as cluster,
         Client(cluster) as client,
     ):  # fmt: skip
@@ -193,9 +219,21 @@ def _atomic_savez(path: Path, **arrays) -> None:
         raise
 
 
+def _read_block(input_path: str, block: Block, rows: slice, columns: slice) -> np.ndarray:
+    """Section ``block.z``'s ``rows`` x ``columns`` of the input; errors name the file and the block. Bad data is a
+    :class:`~scripts.stack_io.StackError` (bad input); a failed read (an I/O error) a :class:`BlockError`, which
+    keeps the finished blocks for ``--resume true``."""
+    try:
+        return _open_cached(input_path).read(block.z, rows, columns)
+    except StackError as error:
+        raise StackError(f"{error}; in {block}") from error
+    except OSError as error:
+        raise BlockError(f"{block}: cannot read {error.filename or input_path} ({error.strerror or error})") from error
+
+
 def section_range(input_path: str, block: Block) -> tuple[float, float]:
     """(minimum, maximum) intensity of one block (a task; the section's range is that of its blocks)."""
-    raw = _open_cached(input_path).read(block.z, slice(block.y0, block.y1), slice(block.x0, block.x1))
+    raw = _read_block(input_path, block, slice(block.y0, block.y1), slice(block.x0, block.x1))
     return float(raw.min()), float(raw.max())
 
 
@@ -206,17 +244,17 @@ def run_block(block: Block, settings: dict) -> int:
     whole section), ``cells``, ``cell_halo``, ``band``, ``pixel_size``.
     """
     plugin = _plugin()
-    volume = _open_cached(settings["input_path"])
-    section_shape = volume.shape[1:]
+    section_shape = _open_cached(settings["input_path"]).shape[1:]
     window = sliding_window_of(plugin.inferer)
     halo = settings["cell_halo"] if settings["section_range"] is not None else 0
-    rows, columns = prediction_region(block, section_shape, window.roi_size, window.overlap, halo)
-    try:
-        raw_region = volume.read(block.z, rows, columns)
-    except StackError as error:
-        raise StackError(f"{error}; in {block}") from error
+    roi = ensure_tuple_rep(window.roi_size, 2)
+    rows, columns = prediction_region(block, section_shape, roi, window.overlap, halo)
+    raw_region = _read_block(settings["input_path"], block, rows, columns)
     value_range = settings["section_range"] or (float(raw_region.min()), float(raw_region.max()))
-    probability = predict_region(raw_region, value_range, plugin.network, plugin.inferer, plugin.device, plugin.amp)
+    with plugin.lock:  # one block at a time through the network, however many threads the worker runs
+        probability = predict_region(
+            raw_region, value_range, plugin.network, plugin.inferer, plugin.device, plugin.amp
+        )  # fmt: skip
     if not np.isfinite(probability).all():
         raise InputError(
             f"{block}: the network gave NaN or infinite membrane probabilities; check the weights (--model_path) "
@@ -343,6 +381,7 @@ class VolumeInference:
         self.device, self.amp = torch.device(device), bool(amp)
         self.progress_bar = None if progress_bar is None else flag(progress_bar, "progress_bar")
         self.work = self.output_dir / f".{name}.partial"
+        self.token = uuid.uuid4().hex[:12]  # this run's task keys, apart from any other run's on a shared scheduler
         self.written: list[Path] = []
         self.network_loads: dict[str, int] = {}
 
@@ -362,44 +401,78 @@ class VolumeInference:
         pixel_size = self.pixel_size or volume.pixel_size
         blocks = plan_blocks(volume.shape, self.block_size)
         tiled = len(blocks) > volume.shape[0]
+        self._check(volume, blocks, tiled)
         settings = {
             "input_path": str(self.input_path.resolve()), "work": str(self.work.resolve()), "cells": self.cells,
             "cell_halo": self.cell_halo, "band": self.band, "pixel_size": pixel_size, "section_range": None,
         }  # fmt: skip
-        self._prepare_work(volume, blocks)
+        self._prepare_work(volume, blocks, pixel_size)
         try:
             with dask_client(self.scheduler, self.workers) as client:
                 if client.dashboard_link:
                     logger.info("Dask dashboard: %s", client.dashboard_link)
                 workers = len(client.nthreads())
                 threads = None if self.scheduler or workers < 2 else max(1, (os.cpu_count() or 1) // workers)
-                client.register_plugin(
-                    NetworkPlugin(self.network, self.inferer, self.device.type, self.amp, threads), name=PLUGIN_NAME
-                )
-                ranges = self._section_ranges(client, blocks, settings) if tiled else None
-                self._run_blocks(client, blocks, settings, ranges)
-                self.network_loads = client.run(_network_loads)  # worker address -> times it loaded the network
-                self.finish(volume, blocks, pixel_size, client)
+                # on an existing cluster each worker picks its own device: this machine may have no GPU
+                device_type, amp = ("auto", None) if self.scheduler else (self.device.type, self.amp)
+                plugin = NetworkPlugin(self.network, self.inferer, device_type, amp, threads, not self.scheduler)
+                client.register_plugin(plugin, name=PLUGIN_NAME)
+                try:
+                    ranges = self._section_ranges(client, blocks, settings) if tiled else None
+                    self._run_blocks(client, blocks, settings, ranges)
+                    self.network_loads = client.run(_network_loads)  # worker address -> times it loaded the network
+                    self.finish(volume, blocks, pixel_size, client)
+                finally:
+                    if self.scheduler:  # an existing cluster's workers give the network's memory back
+                        client.unregister_worker_plugin(PLUGIN_NAME)
         except InputError as error:
             if not isinstance(error, BlockError):  # bad input or weights: nothing to resume
                 shutil.rmtree(self.work, ignore_errors=True)
             raise
         return self.written
 
-    def _signature(self, volume: Volume, blocks: list[Block]) -> dict:
+    def _check(self, volume: Volume, blocks: list[Block], tiled: bool) -> None:
+        """Settings that cannot work with this volume, before anything is written."""
+        source = self.input_path.resolve()
+        for target in self.outputs().values():
+            target = target.resolve()
+            if target == source or source in target.parents or target in source.parents:
+                raise InputError(f"--output_dir {self.output_dir}: {target} would overwrite the input {source}")
+        smallest = min(min(block.y1 - block.y0, block.x1 - block.x0) for block in blocks)
+        if tiled and smallest < 2 * self.band:
+            raise InputError(f"--block_size {self.block_size}: tiles of {smallest} pixels are narrower than 2 x band")
+        if tiled and sliding_window_of(self.inferer) is not self.inferer:
+            logger.warning(
+                "test-time augmentation on tiles: each flipped view places its windows from the tile's far end, so "
+                "tiles differ slightly from their whole section (sections up to --block_size are exact)"
+            )
+
+    def _signature(self, volume: Volume, blocks: list[Block], pixel_size) -> dict:
+        """What a resumed run must share with the run it continues."""
+        weights = hashlib.sha256()
+        for name, tensor in self.network.state_dict().items():
+            weights.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+        status = os.stat(self.input_path)
         return {
-            "input_path": str(self.input_path.resolve()), "shape": list(volume.shape), "block_size": self.block_size,
+            "input_path": str(self.input_path.resolve()), "input_modified_ns": status.st_mtime_ns,
+            "shape": list(volume.shape), "block_size": self.block_size, "blocks": len(blocks),
             "cell_halo": self.cell_halo, "band": self.band, "cells": repr(self.cells),
-            "ome_zarr_version": self.ome_zarr_version,
-            "inferer": _describe(self.inferer), "blocks": len(blocks),
-            "weights": float(sum(float(p.double().abs().sum()) for p in self.network.state_dict().values())),
+            "pixel_size": list(pixel_size) if pixel_size else None, "inferer": _describe(self.inferer),
+            "device": self.device.type if not self.scheduler else "auto", "amp": self.amp,
+            "output": [self.output_format, self.ome_zarr_version if self.output_format == "ome-zarr" else None],
+            "weights": weights.hexdigest(),
         }  # fmt: skip
 
-    def _prepare_work(self, volume: Volume, blocks: list[Block]) -> None:
-        signature = self._signature(volume, blocks)
+    def _prepare_work(self, volume: Volume, blocks: list[Block], pixel_size) -> None:
+        signature = self._signature(volume, blocks, pixel_size)
         record = self.work / "run.json"
-        if self.resume and record.is_file():
-            previous = json.loads(record.read_text())
+        resumable = record.is_file() and (self.work / "blocks").is_dir() and (self.work / "cells_local").is_dir()
+        if self.resume and resumable:
+            try:
+                previous = json.loads(record.read_text())
+            except (OSError, ValueError) as error:
+                message = f"--resume true: {record} cannot be read ({error}); rerun with --resume false"
+                raise InputError(message) from error
             if previous != signature:
                 changed = sorted(key for key in signature if previous.get(key) != signature[key])
                 raise InputError(
@@ -408,22 +481,33 @@ class VolumeInference:
                 )
             logger.info("resuming %s: %d of %d blocks done", self.work, len(self._done()), len(blocks))
             return
+        if self.resume:
+            logger.info("--resume true: %s holds no run to resume; starting afresh", self.work)
         shutil.rmtree(self.work, ignore_errors=True)
-        chunks = (1, blocks[0].y1 - blocks[0].y0, blocks[0].x1 - blocks[0].x0)
-        root, _, _ = create_ome_zarr(self.work, volume.shape, chunks, np.float32, version=self.ome_zarr_version)
-        root.create_array("cells_local", shape=volume.shape, chunks=chunks, dtype=np.uint32, fill_value=0)
-        (self.work / "blocks").mkdir()
-        record.write_text(json.dumps(signature))
+        chunks = (1, blocks[0].y1 - blocks[0].y0, blocks[0].x1 - blocks[0].x0)  # every tile is whole chunks
+        try:
+            root, _, _ = create_ome_zarr(self.work, volume.shape, chunks, np.float32, version=self.ome_zarr_version)
+            root.create_array("cells_local", shape=volume.shape, chunks=chunks, dtype=np.uint32, fill_value=0)
+            (self.work / "blocks").mkdir()
+            atomic_write(record, json.dumps(signature).encode())
+        except OSError as error:
+            raise BlockError(f"{error.filename or self.work}: cannot write ({error.strerror or error})") from error
 
     def _done(self) -> set[str]:
         return {path.stem for path in (self.work / "blocks").glob("*.npz") if not path.name.startswith(".")}
 
     def _section_ranges(self, client, blocks: list[Block], settings: dict) -> dict[int, tuple[float, float]]:
-        futures = client.map(section_range, [settings["input_path"]] * len(blocks), blocks, pure=False)
+        """Each section's (minimum, maximum) intensity over its tiles, once: a resumed run reads them back."""
+        saved = self.work / "ranges.json"
+        if saved.is_file():
+            return {int(z): tuple(pair) for z, pair in json.loads(saved.read_text()).items()}
+        keys = [f"emseg-range-{self.token}-{block.name}" for block in blocks]
+        futures = client.map(section_range, [settings["input_path"]] * len(blocks), blocks, key=keys)
         ranges: dict[int, tuple[float, float]] = {}
         for block, (low, high) in zip(blocks, client.gather(futures), strict=True):
             old = ranges.get(block.z, (low, high))
             ranges[block.z] = (min(old[0], low), max(old[1], high))
+        atomic_write(saved, json.dumps(ranges).encode())
         return ranges
 
     def _run_blocks(self, client, blocks: list[Block], settings: dict, ranges) -> None:
@@ -435,7 +519,7 @@ class VolumeInference:
         futures = [
             client.submit(
                 run_block, block, {**settings, "section_range": ranges and ranges[block.z]},
-                key=f"emseg-block-{block.name}", pure=False,
+                key=f"emseg-block-{self.token}-{block.name}", pure=False,
             )
             for block in todo
         ]  # fmt: skip
@@ -502,25 +586,26 @@ class VolumeInference:
         for path in temporary.values():
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         per_section = len(blocks) // volume.shape[0]  # every section has the same tiles
-        cells, relabelled = 0, []
+        cells, first_id = 0, 0
         try:
             with temporary["table"].open("wb") as table:
                 header = True
                 for z in range(volume.shape[0]):
                     section = slice(z * per_section, (z + 1) * per_section)
-                    first_id = sum(counts[: section.start])
-                    rows, count, futures = self._finish_section(
+                    rows, count, relabelled = self._finish_section(
                         client, store, volume, blocks[section], first_id, pixel_size
                     )
-                    cells, relabelled = cells + count, relabelled + futures
+                    cells, first_id = cells + count, first_id + sum(counts[section])
+                    client.gather(relabelled)  # this section's ids are written before the next section's
                     if rows is not None:
                         data = csv_bytes(rows)
                         table.write(data if header else data.split(b"\n", 1)[1])
                         header = False
                 if header:  # no cell at all: the header alone
                     table.write((",".join(c for c in CELL_COLUMNS if pixel_size or "_nm" not in c) + "\n").encode())
-            client.gather(relabelled)
-            if self.output_format == "ome-zarr":
+            if self.output_format == "ome-zarr":  # the partial folder becomes the output: no longer resumable
+                (self.work / "run.json").unlink()
+                (self.work / "ranges.json").unlink(missing_ok=True)
                 shutil.rmtree(self.work / "blocks")
                 del store["cells_local"]
                 write_ome_zarr_metadata(store, pixel_size, self.name, self.ome_zarr_version)
