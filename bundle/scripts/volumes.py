@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import functools
 import hashlib
 import json
@@ -287,7 +288,19 @@ def run_block(block: Block, settings: dict) -> int:
         )  # fmt: skip
     except OSError as error:
         raise BlockError(f"{block}: cannot write {error.filename or work} ({error.strerror or error})") from error
+    _release_freed_memory()
     return int(labels.max(initial=0))
+
+
+def _release_freed_memory() -> None:
+    """Hand the memory a block freed back to the system (glibc's ``malloc_trim``). A worker thread's many
+    block-sized allocations otherwise fragment its heap, and its resident memory grows by about half a MB a block,
+    so with the volume; Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_`` for the same reason, but an in-process
+    worker has no nanny, and that setting maps every large array afresh (60 % slower here)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _describe(inferer) -> str:
