@@ -32,6 +32,7 @@ import copy
 import ctypes
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
@@ -210,14 +211,10 @@ def _open_store(path: str):
 
 
 def _atomic_savez(path: Path, **arrays) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(handle)
-    try:
-        np.savez(temporary, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """A block record: the arrays as one ``.npz``, written atomically (:func:`scripts.writers.atomic_write`)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(path, buffer.getvalue())
 
 
 def _read_block(input_path: str, block: Block, rows: slice, columns: slice) -> np.ndarray:
