@@ -224,3 +224,11 @@ def test_each_gpu_worker_gets_one_device():
     assert [str(worker_device(name, "cuda", 2)) for name in (0, 1, 2)] == ["cuda:0", "cuda:1", "cuda:0"]
     assert str(worker_device("tcp://10.0.0.7:4001", "cuda", 1)) == "cuda:0"  # a worker that sees one GPU
     assert str(worker_device(1, "cuda", 0)) == "cpu" and str(worker_device(1, "cpu", 4)) == "cpu"
+
+
+def test_the_dashboard_link_of_the_local_cluster_answers():
+    import urllib.request
+
+    with volumes.dask_client() as client:
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+        assert urllib.request.urlopen(client.dashboard_link, timeout=10).status == 200

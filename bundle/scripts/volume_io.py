@@ -70,8 +70,9 @@ class Volume:
     array: da.Array
     pixel_size: tuple[float, float] | None
     kind: str
-    #: reads one whole section directly (a folder's file), skipping the array's graph of one layer per section
-    section_reader: Callable[[int], np.ndarray] | None = None
+    #: reads ``(z, rows, columns)`` directly (a folder's file, a TIFF's or Zarr array's chunks), skipping the dask
+    #: graph, which costs ten times the read of a 512 x 512 section
+    region_reader: Callable[[int, slice, slice], np.ndarray] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -94,8 +95,8 @@ class Volume:
         recorder, tiff_logger = _LogRecorder(), logging.getLogger("tifffile")
         tiff_logger.addHandler(recorder)
         try:
-            if self.section_reader is not None:
-                block = self.section_reader(z)[rows, columns]
+            if self.region_reader is not None:
+                block = np.asarray(self.region_reader(z, rows, columns))
             else:
                 block = np.asarray(self.array[z, rows, columns].compute(scheduler="synchronous"))
         except (StackError, OSError):  # bad data named already; an I/O error is the caller's to report
@@ -139,7 +140,14 @@ def _checked_dtype(array, path: Path):
         raise StackError(f"{path}: contains no pixels (shape {tuple(array.shape)})")
 
 
-def _open_tiff(path: Path) -> da.Array:
+def _zarr_reader(array) -> Callable[[int, slice, slice], np.ndarray]:
+    """Reads ``(z, rows, columns)`` of a (Z, H, W) Zarr array, or of an (H, W) one as its only section."""
+    if array.ndim == 3:
+        return lambda z, rows, columns: array[z, rows, columns]
+    return lambda z, rows, columns: array[rows, columns]
+
+
+def _open_tiff(path: Path) -> tuple[da.Array, Callable[[int, slice, slice], np.ndarray]]:
     import zarr
 
     recorder, tiff_logger = _LogRecorder(), logging.getLogger("tifffile")
@@ -169,11 +177,12 @@ def _open_tiff(path: Path) -> da.Array:
         )
     # the file stays open for the reader's life: tifffile's Zarr store reads pages on demand (level 0 of a pyramid)
     try:
-        array = da.from_zarr(zarr.open_array(series.aszarr(level=0), mode="r"))
+        pages = zarr.open_array(series.aszarr(level=0), mode="r")
     except Exception as error:  # tifffile and zarr raise many types for layouts they cannot map
         raise StackError(f"{path}: cannot be read page by page ({type(error).__name__}: {error})") from error
+    array = da.from_zarr(pages)
     _checked_dtype(array, path)
-    return array if array.ndim == 3 else array[None]
+    return (array if array.ndim == 3 else array[None]), _zarr_reader(pages)
 
 
 def _open_folder(path: Path) -> tuple[da.Array, Callable[[int], np.ndarray]]:
@@ -190,7 +199,7 @@ def _open_folder(path: Path) -> tuple[da.Array, Callable[[int], np.ndarray]]:
         return image
 
     sections = [da.from_delayed(dask.delayed(read)(file), first.shape, first.dtype) for file in files]
-    return da.stack(sections), lambda z: read(files[z])
+    return da.stack(sections), lambda z, rows, columns: read(files[z])[rows, columns]
 
 
 def _open_ome_zarr(path: Path) -> tuple[da.Array, tuple[float, float] | None]:
@@ -225,7 +234,7 @@ def _open_ome_zarr(path: Path) -> tuple[da.Array, tuple[float, float] | None]:
     return (array if array.ndim == 3 else array[None]), pixel_size
 
 
-def _open_zarr_array(path: Path) -> da.Array:
+def _open_zarr_array(path: Path) -> tuple[da.Array, Callable[[int, slice, slice], np.ndarray]]:
     import zarr
 
     try:
@@ -234,9 +243,9 @@ def _open_zarr_array(path: Path) -> da.Array:
         raise StackError(f"{path}: cannot be read as a Zarr array ({type(error).__name__}: {error})") from error
     if array.ndim not in (2, 3):
         raise StackError(f"{path}: Zarr array has shape {array.shape}; expected (H, W) or (Z, H, W)")
-    array = da.from_zarr(array)
-    _checked_dtype(array, path)
-    return array if array.ndim == 3 else array[None]
+    lazy = da.from_zarr(array)
+    _checked_dtype(lazy, path)
+    return (lazy if lazy.ndim == 3 else lazy[None]), _zarr_reader(array)
 
 
 def open_volume(path: str | Path) -> Volume:
@@ -252,12 +261,14 @@ def open_volume(path: str | Path) -> Volume:
         if _multiscales(path):
             array, pixel_size = _open_ome_zarr(path)
             return Volume(path, array, pixel_size, "ome-zarr")
-        return Volume(path, _open_zarr_array(path), None, "zarr")
+        array, reader = _open_zarr_array(path)
+        return Volume(path, array, None, "zarr", reader)
     if path.is_dir():
-        array, section_reader = _open_folder(path)
-        return Volume(path, array, read_stack_pixel_size(path), "folder", section_reader)
+        array, reader = _open_folder(path)
+        return Volume(path, array, read_stack_pixel_size(path), "folder", reader)
     if path.suffix.lower() in (".tif", ".tiff"):
-        return Volume(path, _open_tiff(path), read_stack_pixel_size(path), "tif")
+        array, reader = _open_tiff(path)
+        return Volume(path, array, read_stack_pixel_size(path), "tif", reader)
     if path.suffix.lower() in SLICE_SUFFIXES:
         section = _as_slices(_read_one_file(path), path, per_slice_file=True)
         return Volume(path, da.from_array(section, chunks=(1, *section.shape[1:])), None, "image")

@@ -158,6 +158,7 @@ def _network_loads() -> int:
 def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator:
     """A ``distributed.Client``: of the cluster at ``scheduler`` (e.g. ``tcp://10.0.0.5:8786``), or of a local
     cluster of ``workers`` workers (default: one per CUDA device, else one), in processes when more than one."""
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -183,7 +184,9 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
     # environment). LocalCluster's silence_logs would also quiet this process's own log handlers
     logging.getLogger("distributed").setLevel(logging.WARNING)
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    # the dashboard listens on loopback only; Dask's link would name the machine's address, where nothing listens
     with (
+        dask.config.set({"distributed.dashboard.link": "{scheme}://127.0.0.1:{port}/status"}),
         LocalCluster(
             n_workers=count, threads_per_worker=1, processes=count > 1, dashboard_address="127.0.0.1:8787",
             silence_logs=False,
@@ -394,6 +397,7 @@ class VolumeInference:
         self.token = uuid.uuid4().hex[:12]  # this run's task keys, apart from any other run's on a shared scheduler
         self.written: list[Path] = []
         self.network_loads: dict[str, int] = {}
+        self.cell_count = 0
 
     # -- outputs -------------------------------------------------------------------------------------------
     def outputs(self) -> dict[str, Path]:
@@ -555,14 +559,13 @@ class VolumeInference:
         with np.load(self.work / "blocks" / f"{block.name}.npz") as data:
             return int(data["count"])
 
-    def _finish_section(self, client, store, volume, blocks, first_id: int, pixel_size) -> tuple:
-        """One section's cells: its table rows ordered by id (None: no cell), its cell count, and the futures of
-        the tasks writing its stitched ids to ``labels/cells/0``. Only this section's block records are loaded."""
+    def _finish_section(self, store, volume, blocks, first_id: int, pixel_size, columns: list[str]) -> tuple:
+        """One section's cells: its table rows ordered by id (None: no cell), its cell count, and each block's lookup
+        from block-local to volume-wide ids. Only this section's block records are loaded."""
         records = [self._record(block) for block in blocks]
         seams = [{key[len("seam_") :]: value for key, value in r.items() if key.startswith("seam_")} for r in records]
         ids = stitch_cells(blocks, [int(record["count"]) for record in records], seams, first_id)
         lookups = [ids.block_lookup(i) for i in range(len(blocks))]
-        relabelled = client.map(_relabel_block, blocks, lookups, work=str(self.work.resolve()), pure=False)
         parts, boxes = [], {}  # boxes: id of a cell cut by a seam -> its bounding box over all its tiles
         for record, lookup in zip(records, lookups, strict=True):
             table = {key[len("table_") :]: value for key, value in record.items() if key.startswith("table_")}
@@ -579,40 +582,49 @@ class VolumeInference:
             parts.append(shift_table(table, z, (y0, x0), pixel_size))
         parts = [part for part in parts if len(part["id"])]
         if not parts:
-            return None, ids.count, relabelled
-        columns = [column for column in CELL_COLUMNS if column in parts[0]]
+            return None, ids.count, lookups
         rows = {column: np.concatenate([part[column] for part in parts]) for column in columns}
         order = np.argsort(rows["id"], kind="stable")
-        return {column: values[order] for column, values in rows.items()}, ids.count, relabelled
+        return {column: values[order] for column, values in rows.items()}, ids.count, lookups
+
+    def _finished_sections(self, store, volume, blocks, pixel_size, table) -> Iterator[tuple[int, list, list]]:
+        """Finishes the sections in order: writes each one's table rows to ``table`` and yields ``(z, its blocks,
+        their lookups)``, for its stitched ids to be written before the next section is loaded."""
+        counts = [self._count(block) for block in blocks]
+        columns = [column for column in CELL_COLUMNS if pixel_size or "_nm" not in column]
+        table.write((",".join(columns) + "\n").encode())
+        per_section = len(blocks) // volume.shape[0]  # every section has the same tiles
+        first_id = 0
+        for z in range(volume.shape[0]):
+            section = slice(z * per_section, (z + 1) * per_section)
+            rows, count, lookups = self._finish_section(store, volume, blocks[section], first_id, pixel_size, columns)
+            self.cell_count += count
+            first_id += sum(counts[section])
+            if rows is not None:
+                table.write(csv_bytes(rows).split(b"\n", 1)[1])
+            yield z, blocks[section], lookups
 
     def finish(self, volume: Volume, blocks: list[Block], pixel_size, client) -> None:
         """Volume-wide ids, seam merges, the table and the outputs, section by section; each output is written
         under a temporary name, and all are renamed at the end."""
-        counts = [self._count(block) for block in blocks]
         store = _open_store(str(self.work.resolve()))
         targets = self.outputs()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         temporary = {key: path.with_name(f".{path.name}.partial") for key, path in targets.items()}
         for path in temporary.values():
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-        per_section = len(blocks) // volume.shape[0]  # every section has the same tiles
-        cells, first_id = 0, 0
+        self.cell_count = 0
         try:
             with temporary["table"].open("wb") as table:
-                header = True
-                for z in range(volume.shape[0]):
-                    section = slice(z * per_section, (z + 1) * per_section)
-                    rows, count, relabelled = self._finish_section(
-                        client, store, volume, blocks[section], first_id, pixel_size
-                    )
-                    cells, first_id = cells + count, first_id + sum(counts[section])
-                    client.gather(relabelled)  # this section's ids are written before the next section's
-                    if rows is not None:
-                        data = csv_bytes(rows)
-                        table.write(data if header else data.split(b"\n", 1)[1])
-                        header = False
-                if header:  # no cell at all: the header alone
-                    table.write((",".join(c for c in CELL_COLUMNS if pixel_size or "_nm" not in c) + "\n").encode())
+                sections = self._finished_sections(store, volume, blocks, pixel_size, table)
+                if self.output_format == "ome-zarr":  # the workers write the ids into labels/cells/0
+                    work = str(self.work.resolve())
+                    for _, section_blocks, lookups in sections:
+                        client.gather(client.map(_relabel_block, section_blocks, lookups, work=work, pure=False))
+                else:  # the ids go straight into the cells TIFF, page by page
+                    whole = slice(0, volume.shape[1]), slice(0, volume.shape[2])
+                    pages = (_stitched(store, b, lookups, z, *whole) for z, b, lookups in sections)
+                    _write_pages(temporary["cells"], volume.shape, np.uint32, pages, pixel_size)
             if self.output_format == "ome-zarr":  # the partial folder becomes the output: no longer resumable
                 (self.work / "run.json").unlink()
                 (self.work / "ranges.json").unlink(missing_ok=True)
@@ -635,10 +647,12 @@ class VolumeInference:
         self.written = list(targets.values())
         logger.info(
             "wrote %s (%d sections of %dx%d in %d blocks, %d cells)",
-            ", ".join(str(p) for p in self.written), *volume.shape, len(blocks), cells,
+            ", ".join(str(p) for p in self.written), *volume.shape, len(blocks), self.cell_count,
         )  # fmt: skip
 
     def _write_tiffs(self, temporary, store, shape, pixel_size) -> None:
+        """The probability, segmentation and submission TIFFs (the cells TIFF is written while finishing)."""
+
         def probability() -> Iterator[np.ndarray]:
             for z in range(shape[0]):
                 yield np.asarray(store["0"][z])
@@ -647,10 +661,6 @@ class VolumeInference:
             for section in probability():
                 yield np.where(section >= self.membrane_threshold, 0, 255).astype(np.uint8)
 
-        def cells() -> Iterator[np.ndarray]:
-            for z in range(shape[0]):
-                yield np.asarray(store["labels"]["cells"]["0"][z])
-
         def submission() -> Iterator[np.ndarray]:
             for section in probability():
                 yield 1.0 - section
@@ -658,7 +668,6 @@ class VolumeInference:
         pages = {
             "membrane_probability": (np.float32, probability),
             "segmentation": (np.uint8, segmentation),
-            "cells": (np.uint32, cells),
             "isbi2012_submission": (np.float32, submission),
         }
         for key, (dtype, generate) in pages.items():
@@ -683,7 +692,7 @@ def _stitched(store, blocks: list[Block], lookups: list[np.ndarray], z: int, row
 
 
 def _relabel_block(block: Block, lookup: np.ndarray, work: str) -> None:
-    """Write one block's volume-wide cell ids into ``labels/cells/0`` (a task of the OME-Zarr output)."""
+    """Write one block's volume-wide cell ids into ``labels/cells/0`` (a task of the OME-Zarr finish)."""
     store = _open_store(work)
     target = (block.z, slice(block.y0, block.y1), slice(block.x0, block.x1))
     try:
