@@ -69,11 +69,15 @@ GRIDS = {
 SCORES = ("v_rand", "v_info", "v_rand_split", "v_rand_merge", "cells", "true_cells", "splits", "merges")
 
 
-def predict(items: list[dict], model_path: Path, timings: list | None = None) -> list[np.ndarray]:
-    """Membrane probabilities of the items' images, with inference.json's preprocessing, network and inferer;
-    appends the network's best-of-3 milliseconds per section to ``timings`` when given."""
+def predict(
+    items: list[dict], model_path: Path, timings: list | None = None, network_config: str | None = None
+) -> list[np.ndarray]:
+    """Membrane probabilities of the items' images, with inference.json's preprocessing, network and inferer
+    (``network_config``: a network overlay such as ``configs/segnet.json`` on top); appends the network's best-of-3
+    milliseconds per section to ``timings`` when given."""
     config = ConfigParser()
-    config.read_config(str(BUNDLE / "configs" / "inference.json"))
+    overlays = [str(BUNDLE / network_config)] if network_config else []
+    config.read_config([str(BUNDLE / "configs" / "inference.json"), *overlays])
     config.update({"bundle_root": str(BUNDLE), "device": "cpu"})
     network = load_weights(config.get_parsed_content("network_def"), model_path).eval()
     preprocessing = config.get_parsed_content("preprocessing")
