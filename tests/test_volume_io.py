@@ -101,6 +101,7 @@ def test_bad_blocks_name_the_file_and_the_section(tmp_path):
 def test_the_ome_zarr_output_opens_with_ome_zarr_py_and_its_labels_are_found(tmp_path, version):
     path = tmp_path / "out.ome.zarr"
     root, image, labels = create_ome_zarr(path, (2, 32, 48), (1, 32, 48), np.float32, version=version)
+    assert root.metadata.zarr_format == {"0.5": FormatV05, "0.4": FormatV04}[version]().zarr_format
     image[:] = 0.25
     labels[:] = 7
     write_ome_zarr_metadata(root, (4.0, 4.0), "stack", version)

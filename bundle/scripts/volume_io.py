@@ -324,10 +324,12 @@ def create_ome_zarr(path: str | Path, shape, chunks, image_dtype, label_dtype=np
     """
     import zarr
 
-    fmt = _ngff_format(version)
-    root = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
+    if version not in OME_ZARR_VERSIONS:
+        raise InputError(f"--ome_zarr_version {version}: must be one of {', '.join(OME_ZARR_VERSIONS)}")
+    zarr_format = 3 if version == "0.5" else 2  # as ome-zarr's FormatV05 / FormatV04, without importing it yet
+    root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     options = {"shape": shape, "chunks": chunks, "fill_value": 0}
-    if fmt.zarr_format == 3:
+    if zarr_format == 3:
         options["dimension_names"] = ["z", "y", "x"]
     else:  # NGFF 0.4 keeps '/' between chunk indices
         options["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
