@@ -74,6 +74,11 @@ class SegNet(nn.Module):
         self.spatial_dims = spatial_dims
         self.min_size = 2 ** len(channels)
         self.name = type(self).__name__
+        #: the constructor's arguments, to rebuild the network elsewhere (the bioimage.io package's architecture)
+        self.arguments = {
+            "spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": out_channels,
+            "channels": [int(c) for c in channels], "convs_per_stage": [int(c) for c in convs_per_stage],
+        }  # fmt: skip
 
         widths = list(channels)
         self.encoder = nn.ModuleList()
