@@ -3,9 +3,9 @@
 Modules by kind: ``stack_io`` (reading stacks), ``volume_io`` (volumes of any size, OME-Zarr), ``datalists``
 (items and folds), ``transforms``, ``losses``, ``metrics``, ``networks``, ``inferers``, ``cells`` (instances and
 their table), ``averaging`` (weight average), ``checkpoints`` (resume and model files), ``writers``,
-``blockwise`` (blocks without seams), ``volumes`` (blockwise inference on Dask), ``progress``, ``report``
-(evaluation), ``distributed`` (torchrun), ``flags`` and ``errors``. Importing the package makes an uncaught
-:class:`scripts.errors.InputError` the last line printed.
+``blockwise`` (blocks without seams), ``volumes`` (blockwise inference on Dask), ``bioimageio`` (the bioimage.io
+package), ``progress``, ``report`` (evaluation), ``distributed`` (torchrun), ``flags`` and ``errors``. Importing
+the package makes an uncaught :class:`scripts.errors.InputError` the last line printed.
 """
 
 import importlib
@@ -29,9 +29,9 @@ from . import (  # noqa: F401  (configs reach them as attributes of ``scripts``)
     writers,
 )
 
-#: imported on first use (``scripts.volumes``, ``$scripts.volume_io...`` in a config): they bring in Dask and Zarr,
-#: which training does not need and MONAI Label's environment does not have
-_LAZY_MODULES = ("volume_io", "blockwise", "volumes")
+#: imported on first use (``scripts.volumes``, ``$scripts.volume_io...`` in a config): they bring in Dask and Zarr
+#: (and bioimageio.core), which training does not need and MONAI Label's environment does not have
+_LAZY_MODULES = ("volume_io", "blockwise", "volumes", "bioimageio")
 
 
 def __getattr__(name: str):
