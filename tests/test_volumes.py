@@ -229,6 +229,15 @@ def test_each_gpu_worker_gets_one_device():
 def test_the_dashboard_link_of_the_local_cluster_answers():
     import urllib.request
 
-    with volumes.dask_client() as client:
+    with volumes.dask_client(dashboard=True) as client:
         assert client.dashboard_link.startswith("http://127.0.0.1:")
         assert urllib.request.urlopen(client.dashboard_link, timeout=10).status == 200
+
+
+def test_the_local_dashboard_starts_for_long_runs_or_several_workers(tmp_path):
+    def dashboard(blocks, **options):
+        run = volumes.VolumeInference(tmp_path / "in.tif", tmp_path, "in", network=None, inferer=None, **options)
+        return run._dashboard([None] * blocks)
+
+    assert not dashboard(30) and dashboard(volumes.DASHBOARD_BLOCKS) and dashboard(30, workers=2)
+    assert dashboard(30, dashboard="true") and not dashboard(500, dashboard=False)

@@ -79,6 +79,8 @@ __all__ = ["BlockError", "NetworkPlugin", "VolumeInference", "dask_client", "wor
 
 logger = logging.getLogger("VolumeInference")
 PLUGIN_NAME = "emseg-network"
+#: runs of this many blocks or more get the local cluster's dashboard by default
+DASHBOARD_BLOCKS = 100
 #: how often this process's workers loaded the network (each worker process: once)
 NETWORK_LOADS = {"count": 0}
 
@@ -155,9 +157,10 @@ def _network_loads() -> int:
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator:
+def dask_client(scheduler: str | None = None, workers: int | None = None, dashboard: bool = True) -> Iterator:
     """A ``distributed.Client``: of the cluster at ``scheduler`` (e.g. ``tcp://10.0.0.5:8786``), or of a local
-    cluster of ``workers`` workers (default: one per CUDA device, else one), in processes when more than one."""
+    cluster of ``workers`` workers (default: one per CUDA device, else one), in processes when more than one, with
+    its dashboard on 127.0.0.1 when ``dashboard`` (an existing cluster's dashboard is its own)."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -188,7 +191,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
     with (
         dask.config.set({"distributed.dashboard.link": "{scheme}://127.0.0.1:{port}/status"}),
         LocalCluster(
-            n_workers=count, threads_per_worker=1, processes=count > 1, dashboard_address="127.0.0.1:8787",
+            n_workers=count, threads_per_worker=1, processes=count > 1,
+            dashboard_address="127.0.0.1:8787" if dashboard else None,
             silence_logs=False,
         ) as cluster,
         Client(cluster) as client,
@@ -346,6 +350,8 @@ class VolumeInference:
         device: the configs' device (CUDA workers get one GPU each).
         amp: autocast on CUDA.
         progress_bar: a progress bar over the blocks (None: only on a terminal).
+        dashboard: the local cluster's Dask dashboard (None: for several workers, or ``DASHBOARD_BLOCKS`` blocks
+            and more).
     """
 
     def __init__(
@@ -370,6 +376,7 @@ class VolumeInference:
         device: torch.device | str = "cpu",
         amp: bool = False,
         progress_bar: bool | str | None = None,
+        dashboard: bool | str | None = None,
     ) -> None:
         from .writers import _checked_pixel_size
 
@@ -394,6 +401,7 @@ class VolumeInference:
         self.resume = flag(resume, "resume")
         self.device, self.amp = torch.device(device), bool(amp)
         self.progress_bar = None if progress_bar is None else flag(progress_bar, "progress_bar")
+        self.dashboard = None if dashboard is None else flag(dashboard, "dask_dashboard")
         self.work = self.output_dir / f".{name}.partial"
         self.token = uuid.uuid4().hex[:12]  # this run's task keys, apart from any other run's on a shared scheduler
         self.written: list[Path] = []
@@ -423,8 +431,8 @@ class VolumeInference:
         }  # fmt: skip
         self._prepare_work(volume, blocks, pixel_size)
         try:
-            with dask_client(self.scheduler, self.workers) as client:
-                if client.dashboard_link:
+            with dask_client(self.scheduler, self.workers, self._dashboard(blocks)) as client:
+                if client.dashboard_link and (self.scheduler or self._dashboard(blocks)):
                     logger.info("Dask dashboard: %s", client.dashboard_link)
                 workers = len(client.nthreads())
                 threads = None if self.scheduler or workers < 2 else max(1, (os.cpu_count() or 1) // workers)
@@ -445,6 +453,13 @@ class VolumeInference:
                 shutil.rmtree(self.work, ignore_errors=True)
             raise
         return self.written
+
+    def _dashboard(self, blocks: list[Block]) -> bool:
+        """Whether the local cluster serves a dashboard: ``dashboard``, or by default for runs of several workers or
+        of ``DASHBOARD_BLOCKS`` blocks and more (starting it costs about 0.7 s, a tenth of a 30-section run)."""
+        if self.dashboard is not None:
+            return self.dashboard
+        return (int(self.workers) if self.workers else torch.cuda.device_count()) > 1 or len(blocks) >= DASHBOARD_BLOCKS
 
     def _check(self, volume: Volume, blocks: list[Block], tiled: bool) -> None:
         """Settings that cannot work with this volume, before anything is written."""
