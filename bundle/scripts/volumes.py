@@ -313,15 +313,15 @@ def _describe(inferer) -> str:
 
 
 def _write_pages(path: Path, shape, dtype, pages: Iterator[np.ndarray], pixel_size) -> None:
-    """A (Z, H, W) TIFF written page by page (BigTIFF past 2 GB), with resolution tags for the pixel size; each
-    page's strips are compressed on all cores (tifffile compresses pages from an iterator on one by default)."""
+    """A (Z, H, W) TIFF written page by page (BigTIFF past 2 GB), with resolution tags for the pixel size. One
+    compression thread: with more, tifffile reads the whole iterator ahead (the volume in memory)."""
     options = {}
     if pixel_size is not None:
         options = {"resolution": (1e7 / pixel_size[1], 1e7 / pixel_size[0]), "resolutionunit": "CENTIMETER"}
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
     tifffile.imwrite(
         path, data=pages, shape=tuple(shape), dtype=dtype, photometric="minisblack", compression="zlib",
-        metadata={"axes": "ZYX"}, bigtiff=size > 2**31, maxworkers=os.cpu_count(), **options,
+        metadata={"axes": "ZYX"}, bigtiff=size > 2**31, maxworkers=1, **options,
     )  # fmt: skip
 
 
