@@ -307,12 +307,16 @@ def _axes(pixel_size: tuple[float, float] | None) -> list[dict]:
 OME_ZARR_VERSIONS = ("0.5", "0.4")
 
 
+def _checked_version(version: str) -> str:
+    if version not in OME_ZARR_VERSIONS:
+        raise InputError(f"--ome_zarr_version {version}: must be one of {', '.join(OME_ZARR_VERSIONS)}")
+    return version
+
+
 def _ngff_format(version: str):
     from ome_zarr.format import FormatV04, FormatV05
 
-    if version not in OME_ZARR_VERSIONS:
-        raise InputError(f"--ome_zarr_version {version}: must be one of {', '.join(OME_ZARR_VERSIONS)}")
-    return FormatV05() if version == "0.5" else FormatV04()
+    return FormatV05() if _checked_version(version) == "0.5" else FormatV04()
 
 
 def create_ome_zarr(path: str | Path, shape, chunks, image_dtype, label_dtype=np.uint32, version: str = "0.5"):
@@ -324,9 +328,7 @@ def create_ome_zarr(path: str | Path, shape, chunks, image_dtype, label_dtype=np
     """
     import zarr
 
-    if version not in OME_ZARR_VERSIONS:
-        raise InputError(f"--ome_zarr_version {version}: must be one of {', '.join(OME_ZARR_VERSIONS)}")
-    zarr_format = 3 if version == "0.5" else 2  # as ome-zarr's FormatV05 / FormatV04, without importing it yet
+    zarr_format = 3 if _checked_version(version) == "0.5" else 2  # as ome-zarr's FormatV05 / FormatV04, unimported
     root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     options = {"shape": shape, "chunks": chunks, "fill_value": 0}
     if zarr_format == 3:

@@ -156,6 +156,11 @@ def _network_loads() -> int:
     return NETWORK_LOADS["count"]
 
 
+def local_worker_count(workers: int | None) -> int:
+    """Workers of the local cluster: ``workers``, or one per CUDA device, or one."""
+    return int(workers) if workers else max(torch.cuda.device_count(), 1)
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None, dashboard: bool = True) -> Iterator:
     """A ``distributed.Client``: of the cluster at ``scheduler`` (e.g. ``tcp://10.0.0.5:8786``), or of a local
@@ -180,7 +185,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, dashbo
             client.upload_file(archive)  # the scheduler too: it unpickles the tasks
             yield client
         return
-    count = int(workers) if workers else max(torch.cuda.device_count(), 1)
+    count = local_worker_count(workers)
     if count < 1:
         raise InputError(f"--dask_workers {workers}: needs at least one worker")
     # Dask logs every connection at INFO: keep its warnings only, here and in the worker processes (which read the
@@ -431,8 +436,9 @@ class VolumeInference:
         }  # fmt: skip
         self._prepare_work(volume, blocks, pixel_size)
         try:
-            with dask_client(self.scheduler, self.workers, self._dashboard(blocks)) as client:
-                if client.dashboard_link and (self.scheduler or self._dashboard(blocks)):
+            dashboard = self._dashboard(blocks)
+            with dask_client(self.scheduler, self.workers, dashboard) as client:
+                if client.dashboard_link and (self.scheduler or dashboard):
                     logger.info("Dask dashboard: %s", client.dashboard_link)
                 workers = len(client.nthreads())
                 threads = None if self.scheduler or workers < 2 else max(1, (os.cpu_count() or 1) // workers)
@@ -459,7 +465,7 @@ class VolumeInference:
         of ``DASHBOARD_BLOCKS`` blocks and more (starting it costs about 0.7 s, a tenth of a 30-section run)."""
         if self.dashboard is not None:
             return self.dashboard
-        return (int(self.workers) if self.workers else torch.cuda.device_count()) > 1 or len(blocks) >= DASHBOARD_BLOCKS
+        return local_worker_count(self.workers) > 1 or len(blocks) >= DASHBOARD_BLOCKS
 
     def _check(self, volume: Volume, blocks: list[Block], tiled: bool) -> None:
         """Settings that cannot work with this volume, before anything is written."""
