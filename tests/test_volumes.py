@@ -234,6 +234,14 @@ def test_the_dashboard_link_of_the_local_cluster_answers():
         assert urllib.request.urlopen(client.dashboard_link, timeout=10).status == 200
 
 
+@pytest.mark.parametrize("workers", [1, 2])  # an in-process worker, and worker processes started by nannies
+def test_the_workers_of_the_local_cluster_keep_no_profile(workers):
+    """The profiler keeps a profile of each of the last 1000 seconds: memory that grows with the run's length."""
+    with volumes.dask_client(workers=workers) as client:
+        profiling = client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks)
+    assert len(profiling) == workers and not any(profiling.values())
+
+
 def test_the_local_dashboard_starts_for_long_runs_or_several_workers(tmp_path):
     def dashboard(blocks, **options):
         run = volumes.VolumeInference(tmp_path / "in.tif", tmp_path, "in", network=None, inferer=None, **options)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import functools
 import hashlib
 import io
@@ -192,9 +191,15 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, dashbo
     # environment). LocalCluster's silence_logs would also quiet this process's own log handlers
     logging.getLogger("distributed").setLevel(logging.WARNING)
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    # the dashboard listens on loopback only; Dask's link would name the machine's address, where nothing listens
+    settings = {
+        # the dashboard listens on loopback only; Dask's link would name the machine's address, where nothing listens
+        "distributed.dashboard.link": "{scheme}://127.0.0.1:{port}/status",
+        # the workers' statistical profiler keeps a profile of every second for the last 1000 (about 0.4 MB each
+        # here, torch's deep stacks): memory that grew with the run's length, so with the volume
+        "distributed.worker.profile.enabled": False,
+    }
     with (
-        dask.config.set({"distributed.dashboard.link": "{scheme}://127.0.0.1:{port}/status"}),
+        dask.config.set(settings),
         LocalCluster(
             n_workers=count, threads_per_worker=1, processes=count > 1,
             dashboard_address="127.0.0.1:8787" if dashboard else None,
@@ -297,19 +302,7 @@ def run_block(block: Block, settings: dict) -> int:
         )  # fmt: skip
     except OSError as error:
         raise BlockError(f"{block}: cannot write {error.filename or work} ({error.strerror or error})") from error
-    _release_freed_memory()
     return int(labels.max(initial=0))
-
-
-def _release_freed_memory() -> None:
-    """Hand the memory a block freed back to the system (glibc's ``malloc_trim``). A worker thread's many
-    block-sized allocations otherwise fragment its heap, and its resident memory grows by about half a MB a block,
-    so with the volume; Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_`` for the same reason, but an in-process
-    worker has no nanny, and that setting maps every large array afresh (60 % slower here)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def _describe(inferer) -> str:
