@@ -552,7 +552,8 @@ class VolumeInference:
             )
             for block in todo
         ]  # fmt: skip
-        logger.info("%d blocks (%d to compute) on %d workers", len(blocks), len(todo), len(client.nthreads()))
+        workers = len(client.nthreads())
+        logger.info("%d blocks (%d to compute) on %d worker%s", len(blocks), len(todo), workers, "s" * (workers != 1))
         with tqdm(total=len(blocks), initial=len(blocks) - len(todo), desc="blocks", disable=self._bar()) as bar:
             try:
                 for future in as_completed(futures):
