@@ -26,7 +26,9 @@ def test_labelled_stack_gives_one_item_per_slice_with_membrane_targets(tiny_stac
 
 def test_image_and_label_stacks_must_match(tmp_path):
     tifffile.imwrite(tmp_path / "images.tif", np.zeros((3, 8, 8), np.uint8))
-    tifffile.imwrite(tmp_path / "labels.tif", np.full((2, 8, 8), 255, np.uint8))
+    labels = np.full((2, 8, 8), 255, np.uint8)
+    labels[:, :, 4] = 0  # a membrane between two cells
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
     with pytest.raises(StackError, match=r"labels.tif.*\(2, 8, 8\).*images.tif.*\(3, 8, 8\)"):
         load_labelled_stack(tmp_path / "images.tif", tmp_path / "labels.tif")
 

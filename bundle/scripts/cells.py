@@ -41,6 +41,7 @@ from skimage.morphology import h_maxima, remove_small_objects
 from skimage.segmentation import watershed
 
 from .errors import InputError
+from .flags import number
 from .metrics import thinned_segmentation
 
 __all__ = ["CELL_METHODS", "CellLabeller", "label_cells", "label_cell_stack", "CELL_COLUMNS", "cell_table"]
@@ -172,6 +173,9 @@ class CellLabeller:
     def __init__(self, method: str = "components", membrane_threshold: float = 0.5, **parameters) -> None:
         if method not in CELL_METHODS:
             raise InputError(f"--cells#method: {method!r} is not one of {', '.join(CELL_METHODS)}")
+        membrane_threshold = number(membrane_threshold, "cells#membrane_threshold", 0, 1)
+        if "min_size" in parameters:
+            parameters["min_size"] = number(parameters["min_size"], "cells#min_size", 0, integer=True)
         self.options = {"method": method, "membrane_threshold": membrane_threshold, **parameters}
         try:
             label_cells(np.array([[0.0, 1.0, 0.0]], np.float32), **self.options)  # two cells: a valid probe

@@ -3,7 +3,9 @@
 A resume checkpoint (``<output_dir>/checkpoint_epoch=N.pt``) holds everything a run needs to continue as if
 it had never stopped (:func:`checkpoint_objects`); :class:`TrainingCheckpoint` writes one after every epoch
 and, with ``--resume true``, restores the newest complete one (:func:`resume_path`) before training starts.
-A model file (``models/model.pt``) holds only the network's weights; :func:`load_weights` loads it strictly.
+:class:`EpochSeeds` makes each epoch's random draws a function of the epoch, so a resumed run draws what the
+uninterrupted one would have. A model file (``models/model.pt``) holds only the network's weights;
+:func:`load_weights` loads it strictly.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ import re
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
-from ignite.engine import Engine
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from ignite.utils import manual_seed
+from monai.data.utils import set_rnd
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from .errors import InputError
@@ -23,9 +29,11 @@ __all__ = [
     "latest_checkpoint",
     "BestMetricState",
     "GradScalerState",
+    "AverageWarmupState",
     "checkpoint_objects",
     "resume_path",
     "TrainingCheckpoint",
+    "EpochSeeds",
     "load_weights",
 ]
 
@@ -109,6 +117,29 @@ class GradScalerState:
             scaler.load_state_dict(state)
 
 
+class AverageWarmupState:
+    """Makes the position of a weight average's momentum warm-up part of a resumable checkpoint.
+
+    Ignite's ``EMAHandler`` ramps its momentum up with a scheduler that counts the iterations itself; no state dict
+    holds that count, so a resumed run would restart the warm-up and average differently from an uninterrupted one.
+
+    Args:
+        weight_average: the ``EMAHandler`` (its scheduler exists once it is attached, with a warm-up).
+    """
+
+    def __init__(self, weight_average) -> None:
+        self.weight_average = weight_average
+
+    def state_dict(self) -> dict:
+        scheduler = getattr(self.weight_average, "momentum_scheduler", None)
+        return {"event_index": scheduler.event_index} if scheduler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        scheduler = getattr(self.weight_average, "momentum_scheduler", None)
+        if scheduler is not None and state:
+            scheduler.event_index = int(state["event_index"])
+
+
 def checkpoint_objects(
     network: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -126,7 +157,8 @@ def checkpoint_objects(
         optimizer, lr_scheduler, trainer: their state continues where it stopped.
         evaluator, best_model_saver: the best validation score so far and the model file it was saved at
             (``"best_metric"``, :class:`BestMetricState`), so a resumed run replaces ``model.pt`` only by a better one.
-        weight_average: the ``EMAHandler`` of the weights, or None when averaging is off (``"averaged_model"``).
+        weight_average: the ``EMAHandler`` of the weights, or None when averaging is off (``"averaged_model"``, and
+            its momentum warm-up's position, ``"average_warmup"``, :class:`AverageWarmupState`).
         amp: mixed precision is on, so the loss scale is kept too (``"grad_scaler"``, :class:`GradScalerState`).
     """
     objects = {
@@ -138,6 +170,7 @@ def checkpoint_objects(
     }
     if weight_average is not None:
         objects["averaged_model"] = weight_average.ema_model
+        objects["average_warmup"] = AverageWarmupState(weight_average)
     if amp:
         objects["grad_scaler"] = GradScalerState(trainer)
     return objects
@@ -189,6 +222,39 @@ class TrainingCheckpoint:
         for handler in (self.loader, self.saver):
             if handler is not None:
                 handler.attach(trainer)
+
+
+class EpochSeeds:
+    """Seeds every random generator of training at the start of each epoch, from the seed, the rank and the epoch.
+
+    A resumed run then draws the same patches, augmentations and batch order in each epoch as the uninterrupted
+    run, so a run resumed after any epoch ends bitwise equal to one never stopped (on the CPU;
+    tests/test_configs.py). Reseeded: Python's, NumPy's and torch's generators (the sampler's order and the
+    loader workers' seeds are drawn from torch's) and the random transforms of ``dataset`` in this process (a
+    loader with ``num_workers=0``). Loader workers must start afresh each epoch (``persistent_workers=False``):
+    a persistent worker's transforms would go on from the epoch before, which no checkpoint holds.
+
+    Args:
+        seed: the run's seed.
+        dataset: the training dataset, whose random transforms are reseeded (None: leave them).
+    """
+
+    def __init__(self, seed: int, dataset=None) -> None:
+        self.seed, self.dataset = int(seed), dataset
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def epoch_seed(self, epoch: int) -> int:
+        """The seed of ``epoch`` in this process (independent streams for each seed, rank and epoch)."""
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        return int(np.random.SeedSequence([self.seed, rank, epoch]).generate_state(1)[0])
+
+    def __call__(self, engine: Engine) -> None:
+        seed = self.epoch_seed(engine.state.epoch)
+        manual_seed(seed)  # random, numpy, torch (and every CUDA device)
+        if self.dataset is not None:
+            set_rnd(self.dataset, seed)
 
 
 def _state_mismatch(expected: dict, found: dict) -> str:

@@ -23,14 +23,21 @@ from .stack_io import StackError, read_membrane_labels, read_stack
 __all__ = ["load_labelled_stack", "load_unlabelled_stack", "heldout_block", "validation_block", "split_sections"]
 
 
-def load_labelled_stack(image_path: str | Path, label_path: str | Path) -> list[dict]:
+def load_labelled_stack(
+    image_path: str | Path, label_path: str | Path, membrane_label: int | None = None
+) -> list[dict]:
     """Read an image stack and its label stack, check they match, and return one item per section.
+
+    Args:
+        image_path, label_path: the stacks (:func:`scripts.stack_io.read_stack`).
+        membrane_label: the label value that marks membrane, or None for ISBI's 0, checked for plausibility
+            (:func:`scripts.stack_io.read_membrane_labels`).
 
     Returns:
         list of ``{"image": (H, W) array, "label": (H, W) uint8 membrane mask, "slice": z}``.
     """
     images = read_stack(image_path)
-    membranes = read_membrane_labels(label_path)
+    membranes = read_membrane_labels(label_path, membrane_label)
     if images.shape != membranes.shape:
         raise StackError(
             f"{label_path}: label stack has shape {membranes.shape} but image stack {image_path} has "

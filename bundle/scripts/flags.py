@@ -1,15 +1,17 @@
-"""Boolean flags of the configs, parsed in one place.
+"""Flags of the configs, parsed in one place.
 
 ``python -m monai.bundle run`` hands ``--resume true`` to the config as the bool ``True``, ``--resume 1`` as
 the int ``1`` and ``--resume yes`` as the string ``"yes"``. :func:`flag` accepts each of these spellings and
 stops with one line naming the flag for anything else, instead of quietly reading it as false.
+:func:`number` does the same for numeric flags (``--membrane_threshold abc``, ``--dask_workers 0``): the
+object that takes the value parses it and checks its range, and the error names the flag.
 """
 
 from __future__ import annotations
 
 from .errors import InputError
 
-__all__ = ["TRUE_SPELLINGS", "FALSE_SPELLINGS", "flag"]
+__all__ = ["TRUE_SPELLINGS", "FALSE_SPELLINGS", "flag", "number"]
 
 TRUE_SPELLINGS = ("true", "1", "yes")
 FALSE_SPELLINGS = ("false", "0", "no")
@@ -31,3 +33,36 @@ def flag(value: object, name: str) -> bool:
     raise InputError(
         f"--{name}: {value!r} is not a boolean flag value; use one of {'/'.join(TRUE_SPELLINGS + FALSE_SPELLINGS)}"
     )
+
+
+def number(
+    value: object, name: str, low: float | None = None, high: float | None = None, integer: bool = False
+) -> float | int:
+    """``value`` of the numeric flag ``name`` as a float (an int when ``integer``), checked to lie in [low, high].
+
+    Numbers and their spellings as strings (``"0.4"``, ``"64"``) are accepted; an integer flag takes whole
+    numbers only (``64`` or ``64.0``, not ``64.5``).
+
+    Raises:
+        InputError: naming the flag and the value, for anything that is not such a number (``"abc"``, ``True``,
+            ``None``, NaN) or lies outside the range.
+    """
+    kind = "a whole number" if integer else "a number"
+    parsed = None
+    if not isinstance(value, bool):
+        try:
+            parsed = float(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            parsed = None
+    if parsed is None or parsed != parsed or parsed in (float("inf"), float("-inf")):
+        raise InputError(f"--{name}: {value!r} is not {kind}")
+    if integer and not parsed.is_integer():
+        raise InputError(f"--{name}: {value!r} is not {kind}")
+    if (low is not None and parsed < low) or (high is not None and parsed > high):
+        bounds = (
+            f"in [{low:g}, {high:g}]"
+            if low is not None and high is not None
+            else (f"at least {low:g}" if low is not None else f"at most {high:g}")
+        )
+        raise InputError(f"--{name}: {value!r} is out of range; it must be {bounds}")
+    return int(parsed) if integer else parsed

@@ -36,6 +36,8 @@ from monai.metrics import CumulativeIterationMetric
 from skimage.measure import label as connected_components
 from skimage.segmentation import watershed
 
+from .flags import number
+
 __all__ = [
     "CHALLENGE_THRESHOLDS",
     "thinned_segmentation",
@@ -220,7 +222,8 @@ class IsbiScore(CumulativeIterationMetric):
         if score not in ("v_rand", "v_info"):
             raise ValueError(f"score must be 'v_rand' or 'v_info', got {score!r}")
         self.score = score
-        self.thresholds = tuple(float(t) for t in thresholds)
+        # the configs pass [@membrane_threshold]: a bad value is named as that flag before training starts
+        self.thresholds = tuple(number(t, "membrane_threshold", 0, 1) for t in thresholds)
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Returns (B, T) scores, one row per slice."""

@@ -22,6 +22,7 @@ from ignite.engine import Engine, Events
 from skimage.measure import label as connected_components
 
 from .cells import CellLabeller
+from .flags import number
 from .metrics import CHALLENGE_THRESHOLDS, cell_scores, slice_scores
 from .writers import SliceCollector, atomic_write
 
@@ -250,7 +251,9 @@ class EvaluationReport:
         self.output_dir = output_dir
         self.cells = cells
         self.calibration = calibration
-        self.membrane_threshold = membrane_threshold
+        self.membrane_threshold = (
+            None if membrane_threshold is None else number(membrane_threshold, "membrane_threshold", 0, 1)
+        )
         self.collector = SliceCollector()
         self.summary: dict | None = None
 

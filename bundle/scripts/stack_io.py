@@ -22,13 +22,16 @@ import tifffile
 from PIL import Image
 
 from .errors import InputError
+from .flags import number
 
 __all__ = [
     "SLICE_SUFFIXES",
     "StackError",
     "list_slice_files",
+    "open_tiff_stack",
     "read_stack",
     "read_slice",
+    "MAX_MEMBRANE_FRACTION",
     "read_membrane_labels",
     "read_membrane_index_labels",
     "read_pixel_size",
@@ -60,18 +63,47 @@ class _LogRecorder(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def open_tiff_stack(path: Path) -> tuple[tifffile.TiffFile, tifffile.TiffPageSeries]:
+    """An open TIFF and the one image series that holds all its pages.
+
+    A file written one page at a time (``TiffWriter.write`` in a loop) holds one series per page; its pages are
+    read as one stack when they all have the same shape and type. A file of several different images (sizes,
+    types, or OME-TIFF positions) is refused: reading only its first image would silently drop the others.
+
+    Raises:
+        StackError: no pages, or several different images; the caller closes nothing on error.
+    """
+    tiff = tifffile.TiffFile(path)
+    try:
+        if not tiff.pages:
+            raise StackError(f"{path}: cannot be read as an image (no TIFF pages)")
+        if len(tiff.series) > 1:  # series by page shape and type rather than by write call
+            tiff.close()
+            tiff = tifffile.TiffFile(path, is_shaped=False)
+        if len(tiff.series) > 1:
+            shown = ", ".join(f"{series.shape} {series.dtype}" for series in tiff.series[:4])
+            more = ", ..." if len(tiff.series) > 4 else ""
+            raise StackError(
+                f"{path}: holds {len(tiff.series)} different images ({shown}{more}); expected one stack of sections "
+                "of one size and type"
+            )
+    except BaseException:
+        tiff.close()
+        raise
+    return tiff, tiff.series[0]
+
+
 def _read_tiff(path: Path) -> np.ndarray:
     recorder, tiff_logger = _LogRecorder(), logging.getLogger("tifffile")
     tiff_logger.addHandler(recorder)
     try:
-        with tifffile.TiffFile(path) as tiff:
-            if not tiff.pages:
-                raise StackError(f"{path}: cannot be read as an image (no TIFF pages)")
+        tiff, series = open_tiff_stack(path)
+        with tiff:
             # RGB is not rejected here: tifffile stores a plain 3- or 4-slice grayscale stack as planar RGB(A)
             # unless told otherwise; interleaved colour is rejected by shape in _as_slices
             if getattr(tiff.pages[0], "photometric", None) == tifffile.PHOTOMETRIC.PALETTE:
                 raise StackError(f"{path}: is a palette (colour-map) TIFF; expected single-channel grayscale slices")
-            array = tiff.asarray()
+            array = series.asarray()
     finally:
         tiff_logger.removeHandler(recorder)
     if recorder.messages:
@@ -155,18 +187,48 @@ def read_stack(path: str | Path) -> np.ndarray:
     return np.stack(slices)
 
 
-def read_membrane_labels(path: str | Path) -> np.ndarray:
-    """Read an ISBI-style label stack (255 or 1 = interior, 0 = membrane) as a uint8 membrane mask (1 = membrane).
+#: a label stack read in the default convention with more membrane than this is taken for an inverted one
+MAX_MEMBRANE_FRACTION = 0.5
+
+
+def read_membrane_labels(path: str | Path, membrane_value: int | None = None) -> np.ndarray:
+    """Read a binary label stack as a uint8 membrane mask (1 = membrane).
+
+    Args:
+        path: the label stack (any input of :func:`read_stack`).
+        membrane_value: the value that marks membrane (0, 1 or 255; every other value is cell interior). None:
+            the ISBI 2012 convention (0 = membrane, 255 or 1 = interior), checked for plausibility: a stack
+            that would be more than :data:`MAX_MEMBRANE_FRACTION` membrane is refused as probably inverted
+            (0/1 labels with 1 = membrane, as MONAI Label's per-section labels are).
 
     Returns:
         array of shape (Z, H, W), dtype uint8, values in {0, 1}.
+
+    Raises:
+        StackError: the labels are not binary, hold no membrane at all, or look inverted (default convention).
     """
     labels = read_stack(path)
     values = np.unique(labels)
     if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
         shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
         raise StackError(f"{path}: labels must be binary (0 = membrane, 255 or 1 = interior), found values {shown}")
-    return (labels == 0).astype(np.uint8)
+    if membrane_value is None:
+        membrane = labels == 0
+        fraction = float(membrane.mean())
+        if fraction > MAX_MEMBRANE_FRACTION:
+            raise StackError(
+                f"{path}: {fraction:.0%} of the pixels would be membrane (value 0), where EM sections have about "
+                "10-30 %: the labels look inverted; pass --membrane_label 1 if 1 marks membrane, or "
+                "--membrane_label 0 to train on them as they are"
+            )
+    else:
+        value = number(membrane_value, "membrane_label", 0, 255, integer=True)
+        if value not in (0, 1, 255):
+            raise StackError(f"--membrane_label {membrane_value}: must be 0, 1 or 255 (or null: 0 = membrane, checked)")
+        membrane = labels == value
+    if not membrane.any():
+        raise StackError(f"{path}: holds no membrane pixel; labels must mark the membranes between cells")
+    return membrane.astype(np.uint8)
 
 
 def read_slice(path: str | Path) -> np.ndarray:

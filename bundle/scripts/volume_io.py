@@ -36,6 +36,7 @@ from .stack_io import (
     _LogRecorder,
     _read_one_file,
     list_slice_files,
+    open_tiff_stack,
 )
 from .stack_io import read_pixel_size as read_stack_pixel_size
 
@@ -153,10 +154,7 @@ def _open_tiff(path: Path) -> tuple[da.Array, Callable[[int, slice, slice], np.n
     recorder, tiff_logger = _LogRecorder(), logging.getLogger("tifffile")
     tiff_logger.addHandler(recorder)  # tifffile reports broken pages by logging, not raising
     try:
-        tiff = tifffile.TiffFile(path)
-        if not tiff.pages:
-            raise StackError(f"{path}: cannot be read as an image (no TIFF pages)")
-        series = tiff.series[0]
+        tiff, series = open_tiff_stack(path)
         len(tiff.pages)  # reads every page's header: a truncated file is found here, not at its last page
     except StackError:
         raise

@@ -12,7 +12,9 @@ cells, plus one record per finished block (its cell count, table rows and seam b
 the block's pixels. Finishing (:meth:`VolumeInference.finish`) gives the cells their volume-wide ids, merges
 the cells cut by tile seams, measures those, writes the table and the outputs under temporary names, and
 renames them all at the end. A run stopped any way (even ``kill -9``) leaves only the hidden partial folder;
-``--resume true`` computes just the blocks without a record.
+``--resume true`` computes just the blocks without a record. A run holds ``<output_dir>/.<name>.lock``
+(:func:`scripts.writers.output_lock`) from before it touches the partial folder until its outputs are in place,
+so a second run into the same outputs is refused while the first one lives.
 
 Outputs (``--output_format``; the default follows the input: OME-Zarr for Zarr inputs, TIFF otherwise):
 
@@ -61,7 +63,7 @@ from .blockwise import (
 )
 from .cells import CELL_COLUMNS, CellLabeller
 from .errors import InputError
-from .flags import flag
+from .flags import flag, number
 from .stack_io import StackError
 from .volume_io import (
     OME_ZARR_VERSIONS,
@@ -72,7 +74,7 @@ from .volume_io import (
     open_volume,
     write_ome_zarr_metadata,
 )
-from .writers import atomic_write, csv_bytes
+from .writers import atomic_write, csv_bytes, output_lock
 
 __all__ = ["BlockError", "NetworkPlugin", "VolumeInference", "dask_client", "worker_device", "run_block"]
 
@@ -157,7 +159,7 @@ def _network_loads() -> int:
 
 def local_worker_count(workers: int | None) -> int:
     """Workers of the local cluster: ``workers``, or one per CUDA device, or one."""
-    return int(workers) if workers else max(torch.cuda.device_count(), 1)
+    return int(workers) if workers is not None else max(torch.cuda.device_count(), 1)
 
 
 @contextlib.contextmanager
@@ -380,8 +382,8 @@ class VolumeInference:
 
         self.input_path, self.output_dir, self.name = Path(input_path), Path(output_dir), name
         self.network, self.inferer = network, inferer
-        self.membrane_threshold = float(membrane_threshold)
-        self.cells = cells if cells is not None else CellLabeller(membrane_threshold=membrane_threshold)
+        self.membrane_threshold = number(membrane_threshold, "membrane_threshold", 0, 1)
+        self.cells = cells if cells is not None else CellLabeller(membrane_threshold=self.membrane_threshold)
         self.pixel_size = _checked_pixel_size(pixel_size)
         self.output_format = output_format or default_output_format(input_path)
         if self.output_format not in OUTPUT_FORMATS:
@@ -389,13 +391,12 @@ class VolumeInference:
         self.ome_zarr_version = str(ome_zarr_version)
         if self.ome_zarr_version not in OME_ZARR_VERSIONS:
             raise InputError(f"--ome_zarr_version {ome_zarr_version}: must be one of {', '.join(OME_ZARR_VERSIONS)}")
-        if block_size is not None and int(block_size) < 64:
-            raise InputError(f"--block_size {block_size}: must be at least 64 pixels (or null: whole sections)")
-        if int(cell_halo) < int(band):
-            raise InputError(f"--cell_halo {cell_halo}: must be at least the seam band ({band} pixels)")
-        self.block_size, self.cell_halo, self.band = block_size and int(block_size), int(cell_halo), int(band)
+        self.block_size = None if block_size is None else number(block_size, "block_size", 64, integer=True)
+        self.band = number(band, "band", 1, integer=True)
+        self.cell_halo = number(cell_halo, "cell_halo", self.band, integer=True)
         self.challenge_submission = flag(challenge_submission, "challenge_submission")
-        self.scheduler, self.workers = scheduler or None, workers
+        self.scheduler = scheduler or None
+        self.workers = None if workers is None else number(workers, "dask_workers", 1, integer=True)
         self.resume = flag(resume, "resume")
         self.device, self.amp = torch.device(device), bool(amp)
         self.progress_bar = None if progress_bar is None else flag(progress_bar, "progress_bar")
@@ -405,6 +406,7 @@ class VolumeInference:
         self.written: list[Path] = []
         self.network_loads: dict[str, int] = {}
         self.cell_count = 0
+        self._writing: Path | None = None  # the output being written while finishing, named if writing fails
 
     # -- outputs -------------------------------------------------------------------------------------------
     def outputs(self) -> dict[str, Path]:
@@ -427,7 +429,13 @@ class VolumeInference:
             "input_path": str(self.input_path.resolve()), "work": str(self.work.resolve()), "cells": self.cells,
             "cell_halo": self.cell_halo, "band": self.band, "pixel_size": pixel_size, "section_range": None,
         }  # fmt: skip
-        self._prepare_work(volume, blocks, pixel_size)
+        with output_lock(self.output_dir / f".{self.name}.lock", str(self.work)):
+            self._prepare_work(volume, blocks, pixel_size)
+            self._compute_and_finish(volume, blocks, pixel_size, settings, tiled)
+        return self.written
+
+    def _compute_and_finish(self, volume: Volume, blocks: list[Block], pixel_size, settings: dict, tiled: bool) -> None:
+        """The blocks without a record on the cluster, then :meth:`finish`; bad input removes the work folder."""
         try:
             dashboard = self._dashboard(blocks)
             with dask_client(self.scheduler, self.workers, dashboard) as client:
@@ -451,7 +459,6 @@ class VolumeInference:
             if not isinstance(error, BlockError):  # bad input or weights: nothing to resume
                 shutil.rmtree(self.work, ignore_errors=True)
             raise
-        return self.written
 
     def _dashboard(self, blocks: list[Block]) -> bool:
         """Whether the local cluster serves a dashboard: ``dashboard``, or by default for runs of several workers or
@@ -462,6 +469,11 @@ class VolumeInference:
 
     def _check(self, volume: Volume, blocks: list[Block], tiled: bool) -> None:
         """Settings that cannot work with this volume, before anything is written."""
+        if min(volume.shape[1:]) < 2:  # a line of pixels holds no cell (and tifffile writes no 1-pixel-wide pages)
+            raise StackError(
+                f"{self.input_path}: sections of {volume.shape[1]} x {volume.shape[2]} pixels hold no cells; "
+                "sections must be at least 2 pixels high and wide"
+            )
         source = self.input_path.resolve()
         for target in self.outputs().values():
             target = target.resolve()
@@ -630,6 +642,7 @@ class VolumeInference:
         for path in temporary.values():
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         self.cell_count = 0
+        self._writing = targets["table"]
         try:
             with temporary["table"].open("wb") as table:
                 sections = self._finished_sections(store, volume, blocks, pixel_size, table)
@@ -640,19 +653,23 @@ class VolumeInference:
                 else:  # the ids go straight into the cells TIFF, page by page
                     whole = slice(0, volume.shape[1]), slice(0, volume.shape[2])
                     pages = (_stitched(store, b, lookups, z, *whole) for z, b, lookups in sections)
+                    self._writing = targets["cells"]
                     _write_pages(temporary["cells"], volume.shape, np.uint32, pages, pixel_size)
             if self.output_format == "ome-zarr":  # the partial folder becomes the output: no longer resumable
+                self._writing = targets["ome-zarr"]
                 (self.work / "run.json").unlink()
                 (self.work / "ranges.json").unlink(missing_ok=True)
                 shutil.rmtree(self.work / "blocks")
                 del store["cells_local"]
                 write_ome_zarr_metadata(store, pixel_size, self.name, self.ome_zarr_version)
             else:
-                self._write_tiffs(temporary, store, volume.shape, pixel_size)
-        except OSError as error:
-            raise BlockError(
-                f"{error.filename or self.output_dir}: cannot write the outputs ({error.strerror or error})"
-            ) from error
+                self._write_tiffs(temporary, targets, store, volume.shape, pixel_size)
+        except BaseException as error:  # no hidden output survives a failed finish (a full disk gets its space back)
+            for path in temporary.values():
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            if isinstance(error, OSError):
+                raise BlockError(f"{self._writing}: cannot write ({error.strerror or error})") from error
+            raise
         if self.output_format == "ome-zarr":
             shutil.rmtree(targets["ome-zarr"], ignore_errors=True)
             os.replace(self.work, targets["ome-zarr"])
@@ -666,7 +683,7 @@ class VolumeInference:
             ", ".join(str(p) for p in self.written), *volume.shape, len(blocks), self.cell_count,
         )  # fmt: skip
 
-    def _write_tiffs(self, temporary, store, shape, pixel_size) -> None:
+    def _write_tiffs(self, temporary, targets, store, shape, pixel_size) -> None:
         """The probability, segmentation and submission TIFFs (the cells TIFF is written while finishing)."""
 
         def probability() -> Iterator[np.ndarray]:
@@ -688,6 +705,7 @@ class VolumeInference:
         }
         for key, (dtype, generate) in pages.items():
             if key in temporary:
+                self._writing = targets[key]
                 _write_pages(temporary[key], shape, dtype, generate(), pixel_size)
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import datetime
+import fcntl
 import io
 import logging
 import os
+import socket
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +21,9 @@ from ignite.engine import Engine, Events
 
 from .cells import CellLabeller, cell_table
 from .errors import InputError
-from .flags import flag
+from .flags import flag, number
 
-__all__ = ["atomic_write", "tiff_bytes", "csv_bytes", "SliceCollector", "StackWriter"]
+__all__ = ["atomic_write", "OutputLocked", "output_lock", "tiff_bytes", "csv_bytes", "SliceCollector", "StackWriter"]
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -36,6 +40,52 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+class OutputLocked(InputError):
+    """Another run holds the lock of the outputs a run would write; the message names the folder and that run."""
+
+
+@contextlib.contextmanager
+def output_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold the lock file ``path`` for the duration, or refuse at once if another run holds it.
+
+    An exclusive ``flock`` on the file: the kernel releases it when its process ends in any way (even
+    ``kill -9``), so a stopped run never leaves a stale lock and ``--resume true`` can take over. While held, the
+    file names its holder (process, host, start time) for the refusal. The holder removes the file on release;
+    a run that locked the removed file sees it is gone and locks the new one, so two runs never both hold it.
+
+    Args:
+        path: the lock file (created if missing).
+        what: what the lock protects, for the refusal (e.g. the work folder).
+
+    Raises:
+        OutputLocked: another process holds the lock; the message names ``what`` and that process.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(handle, 4096).decode(errors="replace").strip() or "another run"
+            os.close(handle)
+            raise OutputLocked(
+                f"{what}: in use by {holder}; wait for it to finish, or write to another --output_dir or --output_name"
+            ) from None
+        if os.path.exists(path) and os.stat(path).st_ino == os.fstat(handle).st_ino:
+            break
+        os.close(handle)  # the file was replaced between open and lock: lock the new one
+    try:
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        holder = f"the run of process {os.getpid()} on {socket.gethostname()}, started {started}"
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, holder.encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(handle)
 
 
 def tiff_bytes(stack: np.ndarray, pixel_size: Sequence[float] | None = None) -> bytes:
@@ -130,10 +180,10 @@ class StackWriter:
     ) -> None:
         self.output_dir = Path(output_dir)
         self.name = name
-        self.membrane_threshold = membrane_threshold
+        self.membrane_threshold = number(membrane_threshold, "membrane_threshold", 0, 1)
         self.challenge_submission = flag(challenge_submission, "challenge_submission")
         self.pixel_size = _checked_pixel_size(pixel_size)
-        self.cells = cells if cells is not None else CellLabeller(membrane_threshold=membrane_threshold)
+        self.cells = cells if cells is not None else CellLabeller(membrane_threshold=self.membrane_threshold)
         self.collector = SliceCollector()
         self.written: list[Path] = []
 
