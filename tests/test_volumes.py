@@ -5,11 +5,11 @@ import csv
 import errno
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,29 +149,107 @@ def test_an_existing_cluster_whose_workers_do_not_have_the_bundle(stack_path, in
     np.testing.assert_array_equal(read_outputs(tmp_path / "out")["cells"], in_memory["cells"])
 
 
-def test_a_run_killed_with_sigkill_resumes_with_the_missing_blocks_only(stack_path, in_memory, tmp_path):
-    command = [
+#: the real inference command on ``stack_path`` in 27 tiles (3 sections of 3 x 3)
+TILED = ["--inference_roi", "[128,128]", "--block_size", "100", "--logging_file", "configs/logging.conf"]
+
+#: runs the bundle's inference like ``python -m monai.bundle run inferring``, with ``run_block`` stopped after the
+#: block whose record makes EMSEG_TEST_BLOCKS records: killed with SIGKILL, or paused until a file appears
+STOPPING_RUN = """
+import os, signal, sys, time
+from pathlib import Path
+sys.path.insert(0, ".")
+import fire
+from monai.bundle.scripts import run
+from scripts import volumes
+
+run_block, blocks, action = volumes.run_block, int(os.environ["EMSEG_TEST_BLOCKS"]), os.environ["EMSEG_TEST_ACTION"]
+
+def run_block_then_stop(block, settings):
+    count = run_block(block, settings)
+    if len(list(Path(settings["work"], "blocks").glob("*.npz"))) == blocks:
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        Path(os.environ["EMSEG_TEST_PAUSED"]).touch()
+        deadline = time.monotonic() + 300
+        while not Path(os.environ["EMSEG_TEST_GO_ON"]).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return count
+
+volumes.run_block = run_block_then_stop
+fire.Fire(run)
+"""
+
+
+def inference_command(input_path, output_dir, *extra: str) -> list[str]:
+    return [
         sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", "configs/inference.json",
-        "--input_path", str(stack_path), "--output_dir", str(tmp_path), "--inference_roi", "[128,128]",
-        "--block_size", "100", "--logging_file", "configs/logging.conf",
+        "--input_path", str(input_path), "--output_dir", str(output_dir), *TILED, *extra,
     ]  # fmt: skip
-    records = tmp_path / ".stack.partial" / "blocks"
-    process = subprocess.Popen(command, cwd=BUNDLE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while len(list(records.glob("*.npz"))) < 5 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    done = len(list(records.glob("*.npz")))
-    assert 5 <= done < 27, "the run ended before it could be killed"
-    assert [path.name for path in tmp_path.iterdir()] == [".stack.partial"]  # nothing that looks finished
-    result = subprocess.run([*command, "--resume", "true"], cwd=BUNDLE, capture_output=True, text=True, check=True)
-    computed = re.search(r"27 blocks \((\d+) to compute\)", result.stdout + result.stderr)
-    assert computed and int(computed.group(1)) <= 27 - done  # (a block may finish between the count and the kill)
-    resumed = read_outputs(tmp_path)
-    assert np.abs(resumed["membrane_probability"] - in_memory["membrane_probability"]).max() <= 1e-4
-    assert same_cells(resumed["cells"], in_memory["cells"])
-    assert not (tmp_path / ".stack.partial").exists()
+
+
+def stopping_run(input_path, output_dir, blocks: int, action: str, flags: Path) -> subprocess.Popen:
+    """The inference command, stopped after ``blocks`` blocks (``action`` ``"kill"`` or ``"pause"``)."""
+    command = [sys.executable, "-c", STOPPING_RUN, *inference_command(input_path, output_dir)[4:]]
+    environment = {
+        **os.environ, "EMSEG_TEST_BLOCKS": str(blocks), "EMSEG_TEST_ACTION": action,
+        "EMSEG_TEST_PAUSED": str(flags / "paused"), "EMSEG_TEST_GO_ON": str(flags / "go_on"),
+    }  # fmt: skip
+    return subprocess.Popen(command, cwd=BUNDLE, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def all_outputs(folder) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(stack_path, tmp_path_factory) -> dict[str, bytes]:
+    """The files the real command writes for ``stack_path`` in 27 tiles, run without a stop."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(inference_command(stack_path, folder), cwd=BUNDLE, capture_output=True, timeout=600, check=True)
+    return all_outputs(folder)
+
+
+def test_a_run_killed_at_a_block_boundary_resumes_to_the_uninterrupted_outputs(stack_path, uninterrupted, tmp_path):
+    process = stopping_run(stack_path, tmp_path / "out", blocks=5, action="kill", flags=tmp_path)
+    try:
+        process.wait(timeout=600)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGKILL
+    records = tmp_path / "out" / ".stack.partial" / "blocks"
+    assert len(list(records.glob("*.npz"))) == 5
+    # nothing that looks finished: the work folder and the lock file its holder could not remove when killed
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [".stack.lock", ".stack.partial"]
+    command = inference_command(stack_path, tmp_path / "out", "--resume", "true")
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=600, check=True)
+    assert "27 blocks (22 to compute)" in result.stdout + result.stderr
+    assert all_outputs(tmp_path / "out") == uninterrupted  # bitwise: probability, segmentation, cells, table
+
+
+def test_a_second_run_into_the_same_outputs_is_refused_while_the_first_lives(stack_path, uninterrupted, tmp_path):
+    other = tmp_path / "other" / "stack.tif"  # another input of the same name, as two users' runs would be
+    other.parent.mkdir()
+    tifffile.imwrite(other, tifffile.imread(stack_path)[::-1], photometric="minisblack")
+    first = stopping_run(stack_path, tmp_path / "out", blocks=2, action="pause", flags=tmp_path)
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "paused").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "paused").exists(), first.communicate(timeout=60)[0][-3000:]
+        second = subprocess.run(
+            inference_command(other, tmp_path / "out"), cwd=BUNDLE, capture_output=True, text=True, timeout=600
+        )
+        assert second.returncode != 0
+        last_line = second.stderr.strip().splitlines()[-1]
+        assert last_line.startswith(f"scripts.writers.OutputLocked: {tmp_path / 'out' / '.stack.partial'}: in use by ")
+        assert f"process {first.pid} " in last_line
+        (tmp_path / "go_on").touch()
+        output = first.communicate(timeout=600)[0]
+    finally:
+        first.kill()
+    assert first.returncode == 0, output[-3000:]
+    assert all_outputs(tmp_path / "out") == uninterrupted  # the first run's outputs, untouched by the second
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == sorted(uninterrupted)
 
 
 def test_a_full_disk_names_the_block_and_the_file(stack_path, tmp_path, monkeypatch):
@@ -186,7 +264,7 @@ def test_a_full_disk_names_the_block_and_the_file(stack_path, tmp_path, monkeypa
         f"block (section 0, rows 0:300, columns 0:280): cannot write {tmp_path}/.stack.partial/blocks/z0_y0_x0.npz "
         "(No space left on device)"
     )
-    assert [path.name for path in tmp_path.iterdir()] == [".stack.partial"]  # kept for --resume
+    assert [path.name for path in tmp_path.iterdir()] == [".stack.partial"]  # kept for --resume; lock released
     monkeypatch.undo()
     with pytest.raises(RuntimeError) as raised:  # a resume with another pixel size would mix units in the table
         infer(stack_path, tmp_path, block_size=None, resume=True, pixel_size=[4, 4])
