@@ -47,6 +47,19 @@ def _colour(path):
     return path
 
 
+def _different_images(path):
+    sections = tifffile.imread(DATA / "test-volume.tif")[:2, :64, :64]
+    with tifffile.TiffWriter(path) as writer:
+        writer.write(sections[0], photometric="minisblack")
+        writer.write(sections[1, :32], photometric="minisblack")
+    return path
+
+
+def _one_pixel_wide(path):
+    tifffile.imwrite(path, tifffile.imread(DATA / "test-volume.tif")[:3, :64, :1], photometric="minisblack")
+    return path
+
+
 def _nan(path):
     image = np.random.default_rng(0).random((2, 64, 64), dtype=np.float32)
     image[1, 10, 10] = np.nan
@@ -63,8 +76,19 @@ def _nan(path):
         (_empty_folder, "folder holds no .tif/.tiff/.png slices"),
         (_colour, "is a RGB-mode image; expected single-channel grayscale"),
         (_nan, "contains NaN or infinite values"),
+        (_different_images, "holds 2 different images ((64, 64) uint8, (32, 64) uint8); expected one stack"),
+        (_one_pixel_wide, "sections of 64 x 1 pixels hold no cells"),
     ],
-    ids=["truncated-tiff", "not-an-image", "missing-path", "empty-folder", "colour-image", "nan"],
+    ids=[
+        "truncated-tiff",
+        "not-an-image",
+        "missing-path",
+        "empty-folder",
+        "colour-image",
+        "nan",
+        "different-images",
+        "one-pixel-wide",
+    ],  # fmt: skip
 )
 def test_bad_input_stacks(tmp_path, make, problem):
     path = make(tmp_path / "input.tif")
@@ -80,6 +104,17 @@ def test_image_and_label_stacks_that_do_not_match(tmp_path):
     last = run_failing([*TRAIN, "--dataset_dir", str(stacks), "--ckpt_dir", str(tmp_path / "out" / "models")], tmp_path)
     assert f"{stacks / 'train-labels.tif'}: label stack has shape (5, 96, 96) but image stack" in last
     assert "they must match section for section" in last
+
+
+def test_labels_that_look_inverted_stop_training_with_the_fix(tmp_path):
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    tifffile.imwrite(stacks / "train-volume.tif", tifffile.imread(DATA / "train-volume.tif")[:6, :96, :96])
+    membrane = (tifffile.imread(DATA / "train-labels.tif")[:6, :96, :96] == 0).astype(np.uint8)
+    tifffile.imwrite(stacks / "train-labels.tif", membrane)  # 0/1 with 1 = membrane: MONAI Label's convention
+    last = run_failing([*TRAIN, "--dataset_dir", str(stacks), "--ckpt_dir", str(tmp_path / "out" / "models")], tmp_path)
+    assert last.startswith(f"scripts.stack_io.StackError: {stacks / 'train-labels.tif'}: ")
+    assert "the labels look inverted; pass --membrane_label 1 if 1 marks membrane" in last
 
 
 def _nan_weights(path):
@@ -126,3 +161,38 @@ def test_a_bad_pixel_size(tmp_path):
 def test_an_unknown_cell_method(tmp_path):
     last = run_failing([*INFER, "--cells#method", "magic"], tmp_path)
     assert last.startswith("scripts.errors.InputError: --cells#method: 'magic' is not one of components, watershed")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        ([*INFER, "--membrane_threshold", "abc"], "--membrane_threshold: 'abc' is not a number"),
+        ([*INFER, "--membrane_threshold", "1.5"], "--membrane_threshold: 1.5 is out of range; it must be in [0, 1]"),
+        ([*INFER, "--block_size", "abc"], "--block_size: 'abc' is not a whole number"),
+        ([*INFER, "--block_size", "10"], "--block_size: 10 is out of range; it must be at least 64"),
+        ([*INFER, "--dask_workers", "0"], "--dask_workers: 0 is out of range; it must be at least 1"),
+        ([*INFER, "--cells#min_size", "-1"], "--cells#min_size: -1 is out of range; it must be at least 0"),
+        ([*INFER, "--output_format", "png"], "--output_format png: must be one of tif, ome-zarr"),
+        ([*INFER, "--ome_zarr_version", "0.3"], "--ome_zarr_version 0.3: must be one of"),
+        ([*TRAIN, "--membrane_threshold", "abc", "--ckpt_dir", "{out}/models"], "--membrane_threshold: 'abc' is not"),
+    ],
+    ids=[
+        "threshold-text",
+        "threshold-range",
+        "block-text",
+        "block-range",
+        "no-workers",
+        "min-size",
+        "output-format",
+        "ome-zarr-version",
+        "training-threshold",
+    ],  # fmt: skip
+)
+def test_numeric_and_choice_flags_are_checked_and_named(tmp_path, arguments, problem):
+    last = run_failing([argument.format(out=tmp_path / "out") for argument in arguments], tmp_path)
+    assert last.startswith("scripts.errors.InputError: ") and problem in last
+
+
+def test_an_unreachable_dask_scheduler(tmp_path):
+    last = run_failing([*INFER, "--dask_scheduler", "tcp://127.0.0.1:9"], tmp_path)  # port 9: nothing listens
+    assert last.startswith("scripts.errors.InputError: --dask_scheduler tcp://127.0.0.1:9: cannot connect (")

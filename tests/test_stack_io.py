@@ -73,6 +73,60 @@ def test_folder_slices_of_different_sizes_are_rejected(tmp_path):
         read_stack(tmp_path)
 
 
+def write_page_by_page(path, sections):
+    """A TIFF written as tifffile's TiffWriter.write in a loop writes it: one image series per section."""
+    with tifffile.TiffWriter(path) as writer:
+        for section in sections:
+            writer.write(section, photometric="minisblack")
+    return path
+
+
+def test_a_tiff_written_page_by_page_is_read_whole(tmp_path):
+    sections = tifffile.imread(DATA / "train-volume.tif")[:3, :32, :40]
+    path = write_page_by_page(tmp_path / "pages.tif", sections)
+    with tifffile.TiffFile(path) as tiff:
+        assert len(tiff.series) == 3  # what made readers of series[0] see one section
+    np.testing.assert_array_equal(read_stack(path), sections)
+
+
+def test_a_tiff_of_different_images_is_refused(tmp_path):
+    sections = tifffile.imread(DATA / "train-volume.tif")[:2, :32, :40]
+    path = write_page_by_page(tmp_path / "mixed.tif", [sections[0], sections[1, :16]])
+    with pytest.raises(StackError, match=r"mixed.tif: holds 2 different images \(\(32, 40\) uint8, \(16, 40\) uint8\)"):
+        read_stack(path)
+
+
+def _labels(membrane_fraction_rows: int, interior: int = 255) -> np.ndarray:
+    """A (2, 10, 10) label stack whose first ``membrane_fraction_rows`` rows are membrane (0)."""
+    labels = np.full((2, 10, 10), interior, np.uint8)
+    labels[:, :membrane_fraction_rows] = 0
+    return labels
+
+
+def test_labels_read_in_the_isbi_convention_are_checked_for_inversion(tmp_path):
+    tifffile.imwrite(tmp_path / "isbi.tif", _labels(2))
+    np.testing.assert_array_equal(read_membrane_labels(tmp_path / "isbi.tif"), _labels(2) == 0)
+    inverted = 1 - (_labels(2, interior=1))  # 0/1 labels with 1 = membrane, as MONAI Label saves them
+    tifffile.imwrite(tmp_path / "inverted.tif", inverted)
+    with pytest.raises(StackError, match=r"inverted.tif: 80% of the pixels would be membrane .* --membrane_label 1"):
+        read_membrane_labels(tmp_path / "inverted.tif")
+    np.testing.assert_array_equal(read_membrane_labels(tmp_path / "inverted.tif", membrane_value=1), inverted)
+
+
+@pytest.mark.parametrize("membrane_value", [None, 0])
+def test_labels_without_membrane_are_refused(tmp_path, membrane_value):
+    tifffile.imwrite(tmp_path / "interior.tif", _labels(0))
+    with pytest.raises(StackError, match="interior.tif: holds no membrane pixel"):
+        read_membrane_labels(tmp_path / "interior.tif", membrane_value)
+
+
+@pytest.mark.parametrize(("value", "problem"), [(2, "must be 0, 1 or 255"), ("abc", "is not a whole number")])
+def test_a_membrane_label_value_that_cannot_be_is_refused(tmp_path, value, problem):
+    tifffile.imwrite(tmp_path / "labels.tif", _labels(2))
+    with pytest.raises(InputError, match=f"--membrane_label.*{problem}"):
+        read_membrane_labels(tmp_path / "labels.tif", value)
+
+
 def test_stack_errors_are_input_errors():
     assert issubclass(StackError, InputError)
 

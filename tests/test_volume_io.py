@@ -46,6 +46,16 @@ def test_a_multipage_tiff_is_read_page_by_page(tmp_path):
     np.testing.assert_array_equal(volume.read(2, slice(10, 20), slice(5, 50)), STACK[2, 10:20, 5:50])
 
 
+def test_a_tiff_written_page_by_page_is_one_volume(tmp_path):
+    path = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(path) as writer:  # one image series per section
+        for section in STACK:
+            writer.write(section, photometric="minisblack")
+    volume = open_volume(path)
+    assert volume.shape == STACK.shape
+    np.testing.assert_array_equal(volume.read(3, slice(10, 20), slice(5, 50)), STACK[3, 10:20, 5:50])
+
+
 def test_a_folder_a_single_image_and_a_zarr_array(tmp_path):
     folder = tmp_path / "slices"
     folder.mkdir()

@@ -25,12 +25,16 @@ from scripts.errors import input_error_in_chain
 from scripts.volumes import BlockError, worker_device
 
 SMALL = {"inference_roi": [128, 128]}  # windows smaller than the sections, so tiles cut across them
+SECTIONS = tifffile.imread(DATA / "test-volume.tif")[:3, 100:400, 50:330]  # stack_path's
 
 
 @pytest.fixture(scope="module")
 def stack_path(tmp_path_factory):
+    """3 sections of 300 x 280, written page by page (one TIFF image series per section), as many tools write."""
     path = tmp_path_factory.mktemp("volume") / "stack.tif"
-    tifffile.imwrite(path, tifffile.imread(DATA / "test-volume.tif")[:3, 100:400, 50:330], photometric="minisblack")
+    with tifffile.TiffWriter(path) as writer:
+        for section in SECTIONS:
+            writer.write(section, photometric="minisblack")
     return path
 
 
@@ -78,7 +82,7 @@ def test_whole_section_blocks_give_the_in_memory_outputs_exactly(stack_path, in_
 
 def test_tiles_have_no_seams(stack_path, in_memory, tmp_path):
     config = infer(stack_path, tmp_path, block_size=100, **{"volume_inference#cell_halo": 64})
-    assert len(volumes.plan_blocks((3, 300, 280), 100)) == 27
+    assert len(volumes.plan_blocks((3, 300, 280), 100)) == 27 and 100 < SMALL["inference_roi"][0]  # tiles < window
     tiled = read_outputs(tmp_path)
     assert np.abs(tiled["membrane_probability"] - in_memory["membrane_probability"]).max() <= 1e-4
     assert same_cells(tiled["cells"], in_memory["cells"])
@@ -91,7 +95,7 @@ def test_tiles_have_no_seams(stack_path, in_memory, tmp_path):
 def test_ome_zarr_in_and_out(stack_path, in_memory, tmp_path):
     source = tmp_path / "stack.ome.zarr"
     write_image(
-        tifffile.imread(stack_path), zarr.open_group(str(source), mode="w"), axes="zyx", scale_factors=(),
+        SECTIONS, zarr.open_group(str(source), mode="w"), axes="zyx", scale_factors=(),
         scale={"z": 0.05, "y": 0.004, "x": 0.004}, axes_units=dict.fromkeys("zyx", "micrometer"),
     )  # fmt: skip
     infer(source, tmp_path / "out")
@@ -229,7 +233,7 @@ def test_a_run_killed_at_a_block_boundary_resumes_to_the_uninterrupted_outputs(s
 def test_a_second_run_into_the_same_outputs_is_refused_while_the_first_lives(stack_path, uninterrupted, tmp_path):
     other = tmp_path / "other" / "stack.tif"  # another input of the same name, as two users' runs would be
     other.parent.mkdir()
-    tifffile.imwrite(other, tifffile.imread(stack_path)[::-1], photometric="minisblack")
+    tifffile.imwrite(other, SECTIONS[::-1], photometric="minisblack")
     first = stopping_run(stack_path, tmp_path / "out", blocks=2, action="pause", flags=tmp_path)
     try:
         deadline = time.monotonic() + 300
@@ -271,9 +275,42 @@ def test_a_full_disk_names_the_block_and_the_file(stack_path, tmp_path, monkeypa
     assert "pixel_size differ" in str(input_error_in_chain(raised.value))
 
 
+def test_a_failed_finish_leaves_no_hidden_output_and_names_the_file(stack_path, tmp_path, monkeypatch):
+    write_pages = volumes._write_pages
+
+    def disk_full_on_the_segmentation(path, *arguments):
+        if "segmentation" in path.name:
+            path.write_bytes(b"the part that fitted")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_pages(path, *arguments)
+
+    monkeypatch.setattr(volumes, "_write_pages", disk_full_on_the_segmentation)
+    with pytest.raises(RuntimeError) as raised:
+        infer(stack_path, tmp_path, block_size=None)
+    error = input_error_in_chain(raised.value)
+    assert str(error) == f"{tmp_path / 'stack_segmentation.tif'}: cannot write (No space left on device)"
+    assert [path.name for path in tmp_path.iterdir()] == [".stack.partial"]  # the blocks, kept for --resume
+    monkeypatch.undo()
+    infer(stack_path, tmp_path, block_size=None, resume=True)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "stack_cells.csv", "stack_cells.tif", "stack_membrane_probability.tif", "stack_segmentation.tif",
+    ]  # fmt: skip
+
+
+def test_a_plain_zarr_array_in_and_ome_zarr_out(stack_path, in_memory, tmp_path):
+    source = tmp_path / "stack.zarr"
+    array = zarr.create_array(str(source), shape=(3, 300, 280), chunks=(1, 100, 100), dtype=np.uint8)
+    array[:] = SECTIONS
+    infer(source, tmp_path / "out", block_size=None)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["stack.ome.zarr", "stack_cells.csv"]
+    image = zarr.open_group(str(tmp_path / "out" / "stack.ome.zarr"), mode="r")
+    np.testing.assert_array_equal(image["0"][:], in_memory["membrane_probability"])
+    np.testing.assert_array_equal(image["labels"]["cells"]["0"][:], in_memory["cells"])
+
+
 def test_an_output_that_would_overwrite_the_input_is_refused(stack_path, tmp_path):
     source = tmp_path / "stack.ome.zarr"
-    write_image(tifffile.imread(stack_path)[:1], zarr.open_group(str(source), mode="w"), axes="zyx", scale_factors=())
+    write_image(SECTIONS[:1], zarr.open_group(str(source), mode="w"), axes="zyx", scale_factors=())
     with pytest.raises(RuntimeError) as raised:  # the default output, <output_dir>/stack.ome.zarr, is the input
         infer(source, tmp_path)
     assert f"would overwrite the input {source}" in str(input_error_in_chain(raised.value))
@@ -288,7 +325,7 @@ def test_an_output_that_would_overwrite_the_input_is_refused(stack_path, tmp_pat
 def test_an_unreadable_chunk_names_the_block_and_the_file(stack_path, tmp_path, block_size, block):
     source = tmp_path / "stack.zarr"
     array = zarr.create_array(str(source), shape=(3, 300, 280), chunks=(1, 300, 280), dtype=np.uint8)
-    array[:] = tifffile.imread(stack_path)
+    array[:] = SECTIONS
     (source / "c" / "1" / "0" / "0").write_bytes(b"not a compressed chunk")
     with pytest.raises(RuntimeError) as raised:
         infer(source, tmp_path / "out", block_size=block_size)
