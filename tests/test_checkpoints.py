@@ -1,15 +1,21 @@
 """Resume checkpoints: lookup, saved state, the resume-and-save handler, and strict weight loading."""
 
 import os
+import random
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointSaver
+from monai.transforms import RandGaussianNoise
 
+from scripts.averaging import WeightAverage
 from scripts.checkpoints import (
+    AverageWarmupState,
     BestMetricState,
+    EpochSeeds,
     GradScalerState,
     TrainingCheckpoint,
     checkpoint_objects,
@@ -129,6 +135,51 @@ def test_checkpoint_objects_hold_the_average_and_scaler_only_when_in_use(tmp_pat
     average = SimpleNamespace(ema_model=torch.nn.Linear(2, 1))
     objects, trainer = _training_objects(tmp_path, amp=True, weight_average=average)
     assert objects["averaged_model"] is average.ema_model and objects["grad_scaler"].trainer is trainer
+    assert objects["average_warmup"].weight_average is average
+
+
+def test_the_average_warmup_position_round_trips():
+    def attached_average():
+        average = WeightAverage(torch.nn.Linear(2, 1), momentum=0.01, momentum_warmup=0.1, warmup_iters=10)
+        engine = Engine(lambda engine, batch: None)
+        average.attach(engine)
+        return average, engine
+
+    average, engine = attached_average()
+    engine.run([0, 1, 2], max_epochs=2)
+    state = AverageWarmupState(average).state_dict()
+    assert state == {"event_index": 6}
+    fresh, _ = attached_average()
+    AverageWarmupState(fresh).load_state_dict(state)
+    assert fresh.momentum_scheduler.event_index == 6
+
+
+def test_a_checkpoint_without_every_object_is_refused_before_training(tmp_path):
+    objects, trainer = _training_objects(tmp_path)
+    TrainingCheckpoint(tmp_path / "run", objects).attach(trainer)
+    trainer.run([0], max_epochs=1)
+    average = SimpleNamespace(ema_model=torch.nn.Linear(2, 1))
+    objects, _ = _training_objects(tmp_path, weight_average=average)  # a run with averaging on
+    path = tmp_path / "run" / "checkpoint_epoch=1.pt"
+    with pytest.raises(InputError, match=rf"^{path}: holds no averaged_model, average_warmup, so this run cannot"):
+        TrainingCheckpoint(tmp_path / "run", objects, resume_from=path)
+
+
+def _draws(seeds: EpochSeeds, transform, epoch: int) -> list:
+    seeds(SimpleNamespace(state=SimpleNamespace(epoch=epoch)))
+    noise = transform(np.zeros((1, 4, 4), np.float32))
+    return [random.random(), float(np.random.rand()), float(torch.rand(1)), np.asarray(noise).tolist()]
+
+
+def test_each_epoch_draws_the_same_numbers_whatever_came_before():
+    transform = RandGaussianNoise(prob=1.0)
+    seeds = EpochSeeds(seed=0, dataset=SimpleNamespace(transform=transform))
+    first = _draws(seeds, transform, 3)
+    _draws(seeds, transform, 1), torch.rand(5), np.random.rand(5)  # other epochs and draws in between
+    assert _draws(seeds, transform, 3) == first
+    assert _draws(seeds, transform, 4) != first
+    assert _draws(EpochSeeds(seed=1, dataset=SimpleNamespace(transform=transform)), transform, 3) != first
+    assert EpochSeeds(seed=1).epoch_seed(2) != EpochSeeds(seed=0).epoch_seed(3)  # no shifted copies across seeds
 
 
 def test_training_checkpoint_saves_every_epoch_and_resumes_from_the_newest(tmp_path):

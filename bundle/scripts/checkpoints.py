@@ -214,6 +214,7 @@ class TrainingCheckpoint:
     ) -> None:
         self.loader = self.saver = None
         if resume_from is not None:
+            _check_resumable(Path(resume_from), objects)
             self.loader = CheckpointLoader(str(resume_from), load_dict=objects, map_location=map_location)
         if save:
             self.saver = CheckpointSaver(str(folder), save_dict=objects, save_interval=1, n_saved=n_saved)
@@ -222,6 +223,21 @@ class TrainingCheckpoint:
         for handler in (self.loader, self.saver):
             if handler is not None:
                 handler.attach(trainer)
+
+
+def _check_resumable(path: Path, objects: dict) -> None:
+    """Refuses, naming the file, a checkpoint that lacks some of ``objects`` (another bundle version or settings)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise InputError(f"{path}: cannot be read as a checkpoint ({type(error).__name__}: {error})") from error
+    missing = [name for name in objects if name not in saved]
+    if missing:
+        raise InputError(
+            f"{path}: holds no {', '.join(missing)}, so this run cannot continue it exactly (it was written by "
+            "another bundle version, or with other --ema_momentum or --amp settings); resume with the settings "
+            "it was written with, or start afresh with --resume false"
+        )
 
 
 class EpochSeeds:
