@@ -1,9 +1,10 @@
 """Scores of trivial predictions on the held-out slices, to put the model's numbers in scale.
 
-Usage: python bench/baselines.py [--fold 4]
+Usage: python bench/baselines.py [--fold 4] [--output docs/results/baselines.json]
 
 "all interior" predicts no membrane at all; "ground truth" feeds the labels back as the prediction
-(must score 1.0: a check of the metric code on real data).
+(must score 1.0: a check of the metric code on real data). Prints a markdown table and stores the same scores,
+with the machine and command line, in ``--output``.
 """
 
 from __future__ import annotations
@@ -16,14 +17,20 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bundle"))
+sys.path.insert(0, str(REPO / "bench"))
+
+import machine  # noqa: E402
 
 from scripts.datalists import load_labelled_stack, split_sections  # noqa: E402
 from scripts.report import evaluation_summary  # noqa: E402
+
+SCORES = ("pixel_accuracy", "membrane_dice", "v_rand", "v_info")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fold", type=int, default=4)
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "results" / "baselines.json")
     args = parser.parse_args()
     data = REPO / "bundle" / "data" / "isbi2012"
     labelled = load_labelled_stack(data / "train-volume.tif", data / "train-labels.tif")
@@ -32,16 +39,17 @@ def main() -> None:
         "all interior": lambda item: np.zeros(item["label"].shape, dtype=np.float32),
         "ground truth": lambda item: item["label"].astype(np.float32),
     }
-    print(f"test slices {[item['slice'] for item in items]}, threshold 0.5")
+    results = {"fold": args.fold, "test_slices": [item["slice"] for item in items], "threshold": 0.5}
+    results["predictions"] = {}
+    print(f"test slices {results['test_slices']}, threshold 0.5")
     print("| prediction | pixel accuracy | membrane Dice | V_rand | V_info |")
     print("| --- | --- | --- | --- | --- |")
     for name, predict in predictions.items():
         scored = [{**item, "pred": predict(item)} for item in items]
         mean = evaluation_summary(scored, threshold=0.5, thresholds=(0.5,))["mean_at_fixed_threshold"]
-        print(
-            f"| {name} | {mean['pixel_accuracy']:.4f} | {mean['membrane_dice']:.4f} | "
-            f"{mean['v_rand']:.4f} | {mean['v_info']:.4f} |"
-        )
+        results["predictions"][name] = {score: float(mean[score]) for score in SCORES}
+        print(f"| {name} | " + " | ".join(f"{mean[score]:.4f}" for score in SCORES) + " |")
+    machine.write_json(args.output, {**results, "machine": machine.describe()})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ its output. For each mode, the mean and the largest absolute difference from the
 fraction of pixels on the other side of the membrane threshold, over the sections of the test volume:
 
     python bench/bioimageio_tiling.py [--sections 0 1 2] [--blocksize 4] [--weight_format torchscript]
+        [--output docs/results/bioimageio_tiling.json]
+
+The script prints them as JSON and stores the same, with the machine and command line, in ``--output``.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ import numpy as np
 import tifffile
 import torch
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
 sys.path.insert(0, str(BUNDLE))
+sys.path.insert(0, str(REPO / "bench"))
 
+import machine  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 
 
@@ -58,7 +64,9 @@ def main() -> None:
     parser.add_argument("--blocksize", type=int, default=4, help="n of the tiles' min + n * step")
     parser.add_argument("--weight_format", default="torchscript")
     parser.add_argument("--threshold", type=float, default=0.4, help="inference.json's membrane_threshold")
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "results" / "bioimageio_tiling.json")
     args = parser.parse_args()
+    measured_on = machine.describe()
     from bioimageio.core import create_prediction_pipeline, load_model_description
     from bioimageio.spec.model.v0_5 import TensorId
 
@@ -95,7 +103,10 @@ def main() -> None:
             "max_abs_difference": float(absolute.max()),
             "pixels_across_threshold": float(np.mean([flipped for _, flipped in values])),
         }
-    print(json.dumps({"sections": args.sections, "tile": step.min + args.blocksize * step.step, **rows}, indent=2))
+    results = {"sections": args.sections, "tile": step.min + args.blocksize * step.step, **rows}
+    results["machine"] = measured_on
+    print(json.dumps(results, indent=2))
+    machine.write_json(args.output, results)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,14 @@ validation sections are scored (V_rand, V_info of the cells, as ``run evaluating
     python bench/cell_methods.py [--fold 4] [--model_path bundle/models/model.pt] [--output FILE.json]
 
 Prints a markdown table (also saved beside the JSON as .md) with the cost per section on this machine's CPU
-(best of 3, flags printed). Takes about 10 minutes on 2 CPU cores.
+(best of 3, CPU model and flags printed; the JSON also holds the machine and command line under ``machine``).
+Takes about 10 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from monai.bundle import ConfigParser
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 sys.path.insert(0, str(BUNDLE))
 
-from cell_speed import cpu_flags  # noqa: E402
+import machine  # noqa: E402
 
 from scripts.cells import label_cells  # noqa: E402
 from scripts.checkpoints import load_weights  # noqa: E402
@@ -167,6 +166,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(GRIDS))
     parser.add_argument("--output", type=Path, default=Path("docs/results/cell_methods.json"))
     args = parser.parse_args()
+    description = machine.describe()
     items = load_labelled_stack(args.dataset_dir / "train-volume.tif", args.dataset_dir / "train-labels.tif")
     sections = split_sections(items, args.fold, args.num_folds)
     validation, test = sections["validation"], sections["test"]
@@ -186,14 +186,14 @@ def main() -> None:
         "validation_slices": [item["slice"] for item in validation],
         "test_slices": [item["slice"] for item in test],
         "model_path": str(args.model_path),
-        "cpu": f"{platform.machine()}, {torch.get_num_threads()} torch threads, flags: {cpu_flags()}",
+        "cpu": f"{description['cpu']}, {description['torch_threads']} torch threads, flags: {description['cpu_flags']}",
         "network_ms_per_section": network_ms[0],
         "recommended": recommended,
         "best_on_validation": max(results, key=validation_score),
         "methods": results,
+        "machine": description,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(summary, indent=2) + "\n")
+    machine.write_json(args.output, summary)
     table = markdown_table(summary)
     args.output.with_suffix(".md").write_text(table + "\n")
     print(table)

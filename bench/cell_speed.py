@@ -4,15 +4,15 @@ For the first N sections of the shipped test volume: the shipped U-Net's sliding
 inference.json runs it), then each cell method of ``scripts.cells`` on its probability map and the per-cell table
 (``regionprops_table``). Best of R repeats per step, milliseconds per section.
 
-    python bench/cell_speed.py [--sections 6] [--repeats 3]
+    python bench/cell_speed.py [--sections 6] [--repeats 3] [--output docs/results/cell_speed.json]
 
-Run it on an otherwise idle machine and note the CPU flags it prints with the numbers.
+Prints a markdown table and stores it, with the machine (CPU model and flags) and command line, in ``--output``.
+Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -21,8 +21,12 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
 sys.path.insert(0, str(BUNDLE))
+sys.path.insert(0, str(REPO / "bench"))
+
+import machine  # noqa: E402
 
 from scripts.cells import CELL_METHODS, cell_table, label_cells  # noqa: E402
 from scripts.checkpoints import load_weights  # noqa: E402
@@ -38,20 +42,13 @@ def best_ms(step, repeats: int) -> float:
     return 1000 * min(times)
 
 
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
-    return " ".join(flag for flag in wanted if flag in flags.split())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "results" / "cell_speed.json")
     args = parser.parse_args()
+    description = machine.describe()
     config = ConfigParser()
     config.read_config(str(BUNDLE / "configs" / "inference.json"))
     config.update({"bundle_root": str(BUNDLE), "device": "cpu"})
@@ -72,11 +69,20 @@ def main() -> None:
     table_ms = best_ms(lambda: cell_table(cells, sections, pixel_size=(4.0, 4.0)), args.repeats)
     rows.append(("cell table (regionprops_table, pixels and nm)", table_ms / len(sections)))
 
-    print(f"CPU: {platform.machine()}, {torch.get_num_threads()} torch threads, flags: {cpu_flags()}")
+    print(f"CPU: {machine.summary(description)}, {torch.get_num_threads()} torch threads")
     print(f"{len(sections)} sections of {sections.shape[1]}x{sections.shape[2]}, best of {args.repeats}")
     print("| step | ms per section |\n| --- | --- |")
     for name, ms in rows:
         print(f"| {name} | {ms:.0f} |")
+    results = {
+        "sections": len(sections),
+        "section_shape": list(sections.shape[1:]),
+        "repeats": args.repeats,
+        "membrane_threshold": float(threshold),
+        "ms_per_section": dict(rows),
+        "machine": description,
+    }
+    machine.write_json(args.output, results)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,14 @@ and samples the resident memory of the command and every process it starts (Dask
 
     python bench/volume_memory.py [--sections 120 480] [--repeats 3] [--output docs/results/volumes.json]
 
-Run it on an otherwise idle machine; it prints the CPU flags with the numbers (about 15 minutes on 2 cores).
+Run it on an otherwise idle machine; it prints the CPU model and flags with the numbers and stores them, with the
+command line, under ``machine`` (about 15 minutes on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -36,7 +36,7 @@ import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cell_speed import cpu_flags  # noqa: E402
+import machine  # noqa: E402
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 TEST_VOLUME = BUNDLE / "data" / "isbi2012" / "test-volume.tif"
@@ -91,9 +91,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=Path("docs/results/volumes.json"))
     args = parser.parse_args()
-    machine = f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, flags: {cpu_flags()}"
-    print(machine, flush=True)
-    results = {"machine": machine, "cases": []}
+    description = machine.describe()
+    print(machine.summary(description), flush=True)
+    results = {"machine": description, "cases": []}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
 
@@ -116,9 +116,7 @@ def main() -> None:
             for case, run in (("blockwise, 1 worker", "inferring"), ("in memory", "run_in_memory")):
                 measured = infer(TEST_VOLUME, folder / "out", folder / "t.log", run=run)
                 record(f"{case}, 30 x 512 x 512 test volume", 30, measured)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    machine.write_json(args.output, results)
 
 
 if __name__ == "__main__":
