@@ -1,9 +1,11 @@
-"""Boolean flags: every spelling the command line produces, and one clear error for anything else."""
+"""Boolean and numeric flags: every spelling the command line produces, and one clear error for anything else."""
+
+import re
 
 import pytest
 
 from scripts.errors import InputError
-from scripts.flags import flag
+from scripts.flags import flag, number
 
 
 @pytest.mark.parametrize("value", [True, "true", "True", " TRUE ", 1, "1", "yes", "Yes"])
@@ -20,3 +22,33 @@ def test_false_spellings(value):
 def test_anything_else_names_the_flag_and_the_value(value):
     with pytest.raises(InputError, match=rf"^--resume: {repr(value).replace('.', '[.]')} is not a boolean flag value"):
         flag(value, "resume")
+
+
+@pytest.mark.parametrize(("value", "expected"), [(0.4, 0.4), ("0.4", 0.4), (" 1 ", 1.0), (0, 0.0), (1, 1.0)])
+def test_numbers_and_their_spellings(value, expected):
+    assert number(value, "membrane_threshold", 0, 1) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("abc", "'abc' is not a number"),
+        (True, "True is not a number"),
+        (None, "None is not a number"),
+        (float("nan"), "nan is not a number"),
+        ("inf", "'inf' is not a number"),
+        (1.5, "1.5 is out of range; it must be in [0, 1]"),
+        (-0.1, "-0.1 is out of range; it must be in [0, 1]"),
+    ],
+)
+def test_anything_else_names_the_numeric_flag(value, problem):
+    with pytest.raises(InputError, match=rf"^--membrane_threshold: {re.escape(problem)}$"):
+        number(value, "membrane_threshold", 0, 1)
+
+
+def test_whole_numbers_with_a_lower_bound():
+    assert number("64", "block_size", 64, integer=True) == 64 and number(64.0, "block_size", integer=True) == 64
+    with pytest.raises(InputError, match=r"^--block_size: 64.5 is not a whole number$"):
+        number(64.5, "block_size", 64, integer=True)
+    with pytest.raises(InputError, match=r"^--dask_workers: 0 is out of range; it must be at least 1$"):
+        number(0, "dask_workers", 1, integer=True)
