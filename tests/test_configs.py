@@ -389,10 +389,13 @@ def test_shipped_weights_fit_the_inference_config_of_their_network(weights, extr
     model_path = config.get_parsed_content("model_path")
     assert model_path == str(BUNDLE / "models" / weights)
     network = scripts.checkpoints.load_weights(config.get_parsed_content("network_def"), model_path)
-    section = tifffile.imread(DATA / "test-volume.tif")[0]
+    section = tifffile.imread(DATA / "train-volume.tif")[24]  # a test section: no choice saw it
+    truth = tifffile.imread(DATA / "train-labels.tif")[24] == 0
     with torch.no_grad():
-        membrane = torch.sigmoid(network.eval()(torch.from_numpy(section / 255.0).float()[None, None]))
-    assert 0.1 < (membrane > 0.5).float().mean() < 0.4  # membranes are ~20 % of an ISBI section
+        membrane = torch.sigmoid(network.eval()(torch.from_numpy(section / 255.0).float()[None, None]))[0, 0]
+    agreement = float(((membrane.numpy() >= config.get_parsed_content("membrane_threshold")) == truth).mean())
+    constant = max(truth.mean(), 1 - truth.mean())  # what all-membrane or all-interior would score
+    assert agreement > constant + 0.05  # the scores they reproduce: tests/test_model_zoo.py
 
 
 def test_multi_gpu_config_trains_with_two_processes_on_cpu(tiny_stack_dir, tmp_path):

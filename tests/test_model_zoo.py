@@ -3,7 +3,8 @@ metadata against (a local copy of) the 2024 schema, ``verify_net_in_out`` for ea
 with ``ckpt_export`` and ONNX export with ``onnx_export`` compared with the eager network on a real 512x512
 section, the ``ConfigWorkflow`` property check with a run of each workflow, and inference on the default input.
 Also the bundle's own rules: files under 25 MB, configs in the Zoo's JSON format, short ``$`` expressions,
-no path out of the bundle, every runtime package in the metadata, and the metadata's scores reproduced."""
+no path out of the bundle, every runtime package in the metadata, and each shipped weights file's published scores
+reproduced."""
 
 import ast
 import importlib.metadata
@@ -52,14 +53,13 @@ def inference_network(extra: list[str]) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module", params=list(NETWORKS))
-def checkpoint(request, standalone):
+def checkpoint(request, standalone, tmp_path_factory):
     """(config files, checkpoint path, eager network in eval mode, a real section as (1, 1, 512, 512) in [0, 1]);
     the shipped weights where there are some, else random ones with non-trivial batch-norm statistics."""
     torch.manual_seed(0)
     extra = NETWORKS[request.param]
     network = inference_network(extra)
-    path = standalone / "runs" / "export" / request.param / "weights.pt"
-    path.parent.mkdir(parents=True)
+    path = tmp_path_factory.mktemp(f"export_{request.param}") / "weights.pt"  # set up anew when the order asks
     if request.param in SHIPPED_WEIGHTS:
         shutil.copy(BUNDLE / SHIPPED_WEIGHTS[request.param], path)
         network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -169,31 +169,101 @@ def test_the_bundle_alone_runs_inference_on_its_default_input(standalone):
     bundle_command(standalone, "run", "inferring", "--config_file", "configs/inference.json")
     written = standalone / "runs" / "inference"
     segmentation = tifffile.imread(written / "test-volume_segmentation.tif")
-    assert segmentation.shape == (30, 512, 512) and set(np.unique(segmentation)) == {0, 255}
-    assert 0.1 < (segmentation == 0).mean() < 0.4  # membranes are ~20 % of an ISBI section
+    probability = tifffile.imread(written / "test-volume_membrane_probability.tif")
+    assert segmentation.shape == probability.shape == (30, 512, 512) and set(np.unique(segmentation)) == {0, 255}
+    # no labels were released for this stack, so no score is published for it: what the run must reproduce is the
+    # shipped U-Net itself, section by section (the first and last block), and the segmentation at its threshold
+    network = inference_network([])
+    network.load_state_dict(torch.load(BUNDLE / SHIPPED_WEIGHTS["U-Net"], map_location="cpu", weights_only=True))
+    sections = tifffile.imread(DATA / "test-volume.tif")[[0, 29]].astype(np.float32) / 255.0
+    with torch.no_grad():
+        expected = torch.sigmoid(network.eval()(torch.from_numpy(sections)[:, None]))[:, 0].numpy()
+    np.testing.assert_allclose(probability[[0, 29]], expected, rtol=0, atol=1e-5)  # float32, summed in another order
+    threshold = bundle_config(["configs/inference.json"]).get_parsed_content("membrane_threshold")
+    np.testing.assert_array_equal(segmentation, np.where(probability >= threshold, 0, 255))
 
 
-def test_shipped_weights_reproduce_the_metadata_scores(standalone):
-    """metadata eval_metrics: test sections 24-29 (fold 4) at the membrane threshold named in each key, and the
-    cells."""
-    output = standalone / "runs" / "reproduce"
-    metrics = {key: value for key, value in METADATA["eval_metrics"].items() if "_at_membrane_threshold_" in key}
-    (threshold,) = {float(key.rsplit("_", 1)[1]) for key in metrics}
-    bundle_command(
-        standalone, "run", "evaluating", "--config_file", "['configs/train.json','configs/evaluate.json']",
-        "--membrane_threshold", str(threshold), "--output_dir", str(output),
-    )  # fmt: skip
+def published_scores(weights: str) -> dict:
+    """The model card's table of held-out scores for ``weights`` (its first column header, e.g.
+    ``models/segnet/model.pt``), as published: the membrane map at the threshold chosen on 18-23, the cells with
+    their method and parameters, and the best thresholds in hindsight. Numbers stay strings, to keep their
+    decimals."""
+    lines = (BUNDLE / "docs" / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| `{weights}` "))
+    header = [cell.strip().lower().replace(" ", "_") for cell in lines[start].strip("|").split("|")][1:]
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        name, *cells = (cell.replace("**", "").strip() for cell in line.strip("|").split("|"))
+        rows[name.split(" ")[0]] = (name, dict(zip(header, cells, strict=True)))
+    map_name, map_scores = rows["membrane"]
+    cells_name, cell_scores = rows["cells"]
+    method, cell_threshold, min_size = re.search(r"`(\w+)`, threshold ([\d.]+), `min_size` (\d+)", cells_name).groups()
+    best = {
+        name: re.fullmatch(r"([\d.]+) \(m = ([\d.]+)\)", value).groups()
+        for name, value in rows["best"][1].items()
+        if value
+    }
+    return {
+        "membrane_threshold": float(re.search(r"threshold ([\d.]+) \(chosen on 18–23\)", map_name).group(1)),
+        "map": map_scores,
+        "cells": {name: value for name, value in cell_scores.items() if value},
+        "cell_options": {"method": method, "membrane_threshold": float(cell_threshold), "min_size": int(min_size)},
+        "best": best,
+    }
+
+
+def assert_reproduced(measured: float, published: str, what: str) -> None:
+    """``measured`` rounds to ``published`` at the decimals it was published with."""
+    decimals = len(published.split(".")[1])
+    assert measured == pytest.approx(float(published), abs=0.5 * 10**-decimals), (what, measured, published)
+
+
+def test_the_metadata_scores_are_the_model_cards():
+    card, metrics = published_scores(SHIPPED_WEIGHTS["U-Net"]), METADATA["eval_metrics"]
+    at = f"_at_membrane_threshold_{card['membrane_threshold']}"
+    assert {key for key in metrics if at in key} == {f"val_{name}{at}" for name in card["map"]}
+    for name, value in card["map"].items():
+        assert metrics[f"val_{name}{at}"] == float(value), name
+    for name, value in card["cells"].items():
+        assert metrics[f"val_cell_{name}"] == float(value), name
+    assert metrics["val_v_rand_max_over_thresholds"] == float(card["best"]["v_rand"][0])
+    # the U-Net card's cells are "as inference writes them": inference.json's own cell parameters
+    cells = bundle_config(["configs/inference.json"]).get("cells")
+    assert {key: cells[key] for key in card["cell_options"]} == card["cell_options"]
+
+
+@pytest.mark.parametrize("network", list(SHIPPED_WEIGHTS))
+def test_shipped_weights_reproduce_their_published_scores(standalone, network):
+    """The held-out scores of each shipped weights file, as its model card table publishes them (the U-Net's are
+    also the metadata's eval_metrics), reproduced by the evaluate command on the shipped data: test sections 24-29 at
+    the card's membrane threshold, the cells with the card's parameters, and the best thresholds in hindsight. Each
+    figure must round to the published one. (The threshold is passed, not chosen again on 18-23: that calibration
+    would add about 12 s per network on 2 CPU cores; tests/test_report.py checks how it is chosen.)"""
+    card = published_scores(SHIPPED_WEIGHTS[network])
+    output = standalone / "runs" / "reproduce" / network
+    config = str(["configs/train.json", "configs/evaluate.json", *NETWORKS[network]])
+    options = {
+        "membrane_threshold": card["membrane_threshold"],
+        **{f"cells#{k}": v for k, v in card["cell_options"].items()},
+    }
+    flags = [item for key, value in options.items() for item in (f"--{key}", str(value))]
+    bundle_command(standalone, "run", "evaluating", "--config_file", config, "--output_dir", str(output), *flags)
     summary = json.loads((output / "metrics.json").read_text())
     assert summary["slices"] == list(range(24, 30))
-    for key, value in metrics.items():
-        name = key.removeprefix("val_").split("_at_membrane_threshold_")[0]
-        assert summary["mean_at_fixed_threshold"][name] == pytest.approx(value, abs=5e-5), key
-    best = METADATA["eval_metrics"]["val_v_rand_max_over_thresholds"]
-    assert summary["max_over_thresholds"]["v_rand"] == pytest.approx(best, abs=5e-5)
-    cells = {key.removeprefix("val_cell_"): value for key, value in METADATA["eval_metrics"].items() if "_cell_" in key}
-    assert set(cells) == {"v_rand", "v_info"}  # of the cells inference.json writes, as evaluate.json scores them
-    for name, value in cells.items():
-        assert summary["cells"]["mean"][name] == pytest.approx(value, abs=5e-5), name
+    assert summary["fixed_threshold"] == card["membrane_threshold"]
+    assert set(card["map"]) == {"v_rand", "v_info", "pixel_accuracy", "membrane_dice"}
+    for name, value in card["map"].items():
+        assert_reproduced(summary["mean_at_fixed_threshold"][name], value, name)
+    assert summary["cells"]["labeller"] == card["cell_options"]
+    assert set(card["cells"]) == {"v_rand", "v_info"}
+    for name, value in card["cells"].items():
+        assert_reproduced(summary["cells"]["mean"][name], value, f"cell {name}")
+    assert set(card["best"]) == {"v_rand", "v_info"}
+    for name, (value, threshold) in card["best"].items():
+        assert_reproduced(summary["max_over_thresholds"][name], value, f"best {name}")
+        assert summary["max_over_thresholds"][f"{name}_threshold"] == pytest.approx(float(threshold)), name
 
 
 @pytest.mark.parametrize("network", list(NETWORKS))
@@ -223,7 +293,12 @@ def test_onnx_export_runs_in_onnxruntime_like_the_eager_network(standalone, chec
     (output,) = session.run(None, {session.get_inputs()[0].name: section.numpy()})
     with torch.no_grad():
         expected = network(section).numpy()
-    np.testing.assert_allclose(output, expected, rtol=1e-3, atol=1e-3)
+    # SegNet's unpooling puts each value where max pooling found the maximum: where two inputs of a pooling window
+    # are within rounding of each other, onnxruntime and torch may pick different ones (seen on 4 of 262144
+    # logits, off by < 2e-3 on an AVX2 CPU); everything else agrees to 1e-3
+    close = np.isclose(output, expected, rtol=1e-3, atol=1e-3)
+    assert close.all() if not extra else close.mean() > 0.9999, f"{(~close).sum()} logits differ"  # U-Net: all
+    np.testing.assert_allclose(output, expected, rtol=1e-2, atol=1e-2)
 
 
 TINY_OVERRIDES = {"patch_size": [64, 64], "batch_size": 2, "iterations_per_epoch": 3, "num_workers": 0}

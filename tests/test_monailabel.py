@@ -1,5 +1,6 @@
 """The bundle served, unchanged, by MONAI Label's stock ``monaibundle`` app: a real server on 127.0.0.1, inference on
-shipped sections, label upload, a 1-epoch training through ``BundleTrainTask`` that rewrites the weights, and a stop.
+shipped sections, label upload, a 1-epoch training through ``BundleTrainTask`` that learns labels the shipped weights
+contradict, and a stop.
 
 MONAI Label needs its own environment (requirements/monailabel.txt: numpy < 2, torchvision, DICOM packages < 3).
 The test drives that environment's python, named by ``EMSEG_MONAILABEL_PYTHON``; ``.ci/run`` builds it. Without
@@ -77,6 +78,21 @@ def _upload_label(url: str, image_id: str, membrane: np.ndarray) -> None:
         body,
         {"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
+
+
+def _agreement(mask: np.ndarray, label: np.ndarray) -> float:
+    return float((mask == label).mean())
+
+
+def _constant_mask_agreement(label: np.ndarray) -> float:
+    """What a mask that ignores the image scores against ``label``: the better of all background (0) and all
+    membrane (1). On section 0 of the ISBI labels all background already agrees on 78 %."""
+    return max(_agreement(np.zeros_like(label), label), _agreement(np.ones_like(label), label))
+
+
+# a mask must beat the better constant mask by this much (5 points = 13,107 pixels of a 512x512 section; the shipped
+# weights beat it by 9 points on the ground truth of section 0, the retrained ones by 8-13 on the uploaded labels)
+MARGIN = 0.05
 
 
 def _infer(url: str, image_id: str) -> np.ndarray:
@@ -164,28 +180,39 @@ def test_inference_returns_the_bundles_membrane_mask_at_the_slice_size(server):
     # the writer turns the (W, H) label map back into the file's (H, W); a mask the wrong way round agrees on ~60 %
     # (the margin allows pixels at the threshold to flip between this torch build and the server's)
     assert (mask == _bundle_label_map(server.studies / "section_00.png").T).mean() > 0.999
-    truth = tifffile.imread(DATA / "train-labels.tif")[0] == 0
-    assert (mask == truth).mean() > 0.8
+    truth = (tifffile.imread(DATA / "train-labels.tif")[0] == 0).astype(np.uint8)  # 1 = membrane
+    assert _agreement(mask, truth) >= _constant_mask_agreement(truth) + MARGIN
 
 
-def test_training_through_monai_label_rewrites_the_weights(server):
-    labels = tifffile.imread(DATA / "train-labels.tif")
-    for z in SECTIONS:
-        _upload_label(server.url, f"section_{z:02d}", (labels[z] == 0).astype(np.uint8))
+def test_training_through_monai_label_learns_the_uploaded_labels(server):
+    """The uploaded labels contradict the shipped weights: membrane (1) on every pixel the ground truth calls cell
+    interior, and interior on the true membranes. Before training the server's masks agree with them on about 12 %,
+    below even a constant mask, so only a model that learned the uploads beats the constant masks by the margin.
+    One epoch of 40 iterations is enough (about 30 s on 2 CPU cores), on the two training sections and on the one
+    MONAI Label holds out for validation. The shipped weights are put back afterwards, so the other tests see them
+    in any order."""
+    truth = tifffile.imread(DATA / "train-labels.tif")
+    uploaded = {z: (truth[z] == 255).astype(np.uint8) for z in SECTIONS}  # 1 = "membrane" on the true interior
     weights = server.bundle / "models" / "model.pt"
-    before, mask_before = weights.read_bytes(), _infer(server.url, "section_00")
+    shipped = weights.read_bytes()
+    for z in SECTIONS:
+        before = _infer(server.url, f"section_{z:02d}")
+        assert _agreement(before, uploaded[z]) < _constant_mask_agreement(uploaded[z]), z  # not learnt yet
+        _upload_label(server.url, f"section_{z:02d}", uploaded[z])
     request = {"max_epochs": 1, "val_split": 0.5, "device": "cpu", "model_filename": "model.pt"}
-    _request(
-        f"{server.url}/train/emseg?run_sync=true", "POST", json.dumps(request).encode(),
-        {"Content-Type": "application/json"},
-    )  # fmt: skip
-    log = server.log.read_text()
-    assert "Restored all variables from" in log  # BundleTrainTask's pretrained CheckpointLoader ran first
-    assert "epoch 1/1 | loss" in log and "val_v_rand" in log
-    assert weights.read_bytes() != before
-    retrained = torch.load(weights, map_location="cpu", weights_only=True)
-    assert all(torch.isfinite(value).all() for value in retrained.values() if value.is_floating_point())
-    mask = _infer(server.url, "section_00")
-    assert (mask != mask_before).any()  # the server reloaded the rewritten weights
-    assert mask.shape == mask_before.shape and set(np.unique(mask).tolist()) <= {0, 1}
-    assert (mask == (labels[0] == 0)).mean() > 0.8
+    try:
+        _request(
+            f"{server.url}/train/emseg?run_sync=true", "POST", json.dumps(request).encode(),
+            {"Content-Type": "application/json"},
+        )  # fmt: skip
+        log = server.log.read_text()
+        assert "Restored all variables from" in log  # BundleTrainTask's pretrained CheckpointLoader ran first
+        assert "Total Records in Dataset: 3" in log and "epoch 1/1 | loss" in log and "val_v_rand" in log
+        retrained = torch.load(weights, map_location="cpu", weights_only=True)
+        assert all(torch.isfinite(value).all() for value in retrained.values() if value.is_floating_point())
+        for z in SECTIONS:  # the server serves the rewritten weights from the next request
+            mask = _infer(server.url, f"section_{z:02d}")
+            assert mask.shape == uploaded[z].shape and set(np.unique(mask).tolist()) <= {0, 1}
+            assert _agreement(mask, uploaded[z]) >= _constant_mask_agreement(uploaded[z]) + MARGIN, z
+    finally:
+        weights.write_bytes(shipped)  # a new modification time: the server reloads the shipped weights
