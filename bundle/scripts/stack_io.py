@@ -71,12 +71,16 @@ def open_tiff_stack(path: Path) -> tuple[tifffile.TiffFile, tifffile.TiffPageSer
     types, or OME-TIFF positions) is refused: reading only its first image would silently drop the others.
 
     Raises:
-        StackError: no pages, or several different images; the caller closes nothing on error.
+        StackError: no pages, a palette (colour-map) TIFF, or several different images; the file is closed then.
     """
     tiff = tifffile.TiffFile(path)
     try:
         if not tiff.pages:
             raise StackError(f"{path}: cannot be read as an image (no TIFF pages)")
+        # RGB is not rejected here: tifffile stores a plain 3- or 4-slice grayscale stack as planar RGB(A) unless
+        # told otherwise; the readers reject interleaved colour by shape
+        if getattr(tiff.pages[0], "photometric", None) == tifffile.PHOTOMETRIC.PALETTE:
+            raise StackError(f"{path}: is a palette (colour-map) TIFF; expected single-channel grayscale slices")
         if len(tiff.series) > 1:  # series by page shape and type rather than by write call
             tiff.close()
             tiff = tifffile.TiffFile(path, is_shaped=False)
@@ -99,10 +103,6 @@ def _read_tiff(path: Path) -> np.ndarray:
     try:
         tiff, series = open_tiff_stack(path)
         with tiff:
-            # RGB is not rejected here: tifffile stores a plain 3- or 4-slice grayscale stack as planar RGB(A)
-            # unless told otherwise; interleaved colour is rejected by shape in _as_slices
-            if getattr(tiff.pages[0], "photometric", None) == tifffile.PHOTOMETRIC.PALETTE:
-                raise StackError(f"{path}: is a palette (colour-map) TIFF; expected single-channel grayscale slices")
             array = series.asarray()
     finally:
         tiff_logger.removeHandler(recorder)

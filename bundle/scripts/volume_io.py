@@ -25,7 +25,6 @@ from pathlib import Path
 import dask
 import dask.array as da
 import numpy as np
-import tifffile
 
 from .errors import InputError
 from .stack_io import (
@@ -164,8 +163,6 @@ def _open_tiff(path: Path) -> tuple[da.Array, Callable[[int, slice, slice], np.n
         tiff_logger.removeHandler(recorder)
     if recorder.messages:
         raise StackError(f"{path}: corrupt or truncated TIFF ({'; '.join(recorder.messages[:3])})")
-    if getattr(tiff.pages[0], "photometric", None) == tifffile.PHOTOMETRIC.PALETTE:
-        raise StackError(f"{path}: is a palette (colour-map) TIFF; expected single-channel grayscale slices")
     shape = series.shape
     # the same colour rule as scripts.stack_io (a 3- or 4-slice grayscale stack may be stored as planar RGB)
     if len(shape) == 4 or (len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4) or len(shape) not in (2, 3):
