@@ -12,9 +12,12 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
+
+from scripts.writers import atomic_write  # noqa: E402
 
 # the CPU features torch's CPU kernels pick their code paths by (fp32: avx2, avx512f; bf16: avx512_bf16, amx_tile)
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
@@ -61,16 +64,6 @@ def summary(machine: dict) -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Writes ``data`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        os.fchmod(descriptor, 0o644)
-        with os.fdopen(descriptor, "w") as stream:
-            stream.write(json.dumps(data, indent=2) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Writes ``data`` to ``path`` as the bundle writes its files (:func:`scripts.writers.atomic_write`)."""
+    atomic_write(Path(path), (json.dumps(data, indent=2) + "\n").encode())
     print(f"wrote {path}", file=sys.stderr)  # stderr: stdout stays what the script measured
