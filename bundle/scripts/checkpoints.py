@@ -228,7 +228,7 @@ class TrainingCheckpoint:
 def _check_resumable(path: Path, objects: dict) -> None:
     """Refuses, naming the file, a checkpoint that lacks some of ``objects`` (another bundle version or settings)."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # its keys; tensors stay on disk
     except Exception as error:
         raise InputError(f"{path}: cannot be read as a checkpoint ({type(error).__name__}: {error})") from error
     missing = [name for name in objects if name not in saved]
