@@ -7,6 +7,7 @@ patches, batch and schedule; nothing else about the configs is changed.
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -65,9 +66,43 @@ def test_training_writes_best_and_latest_checkpoints_and_reports_progress(traine
     checkpoint = torch.load(output_dir / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "trainer", "best_metric", "average_warmup"} <= set(checkpoint)
     assert "epoch 3/3 | loss" in log and "val_v_rand" in log and "ETA" in log
-    losses = [float(line.split("train_loss: ")[1].split()[0]) for line in log.splitlines() if "train_loss: " in line]
-    assert losses and np.isfinite(losses).all()
+    losses = [float(line.split("| loss ")[1].split()[0]) for line in _epoch_lines(log)]
+    assert len(losses) == 3 and np.isfinite(losses).all()
     assert any(path.name.startswith("events.out.tfevents") for path in output_dir.iterdir())
+
+
+#: TrainingProgress's line: mean loss, every validation score (V_rand first, with its best), learning rate, ETA
+PROGRESS_LINE = re.compile(
+    r"\S+ \S+ - TrainingProgress - INFO - epoch (\d+)/(\d+) \| loss [\d.]+ \| val_v_rand [\d.]+ "
+    r"\(best [\d.]+ at epoch \d+\), val_v_info [\d.]+, val_accuracy [\d.]+, val_dice [\d.]+ \| "
+    r"lr [\d.]+e[+-]\d+ \| elapsed [\d.]+ min, ETA [\d.]+ min"
+)
+
+
+def _epoch_lines(log: str) -> list[str]:
+    """What the log has between the trainer's first line ("Engine run ...") and its last ("Engine run finished")."""
+    lines = log.splitlines()
+    start = next(i for i, line in enumerate(lines) if "SupervisedTrainer - INFO - Engine run" in line)
+    end = next(i for i, line in enumerate(lines) if "SupervisedTrainer - INFO - Engine run finished" in line)
+    return lines[start + 1 : end]
+
+
+def test_a_log_that_is_not_a_terminal_has_one_line_per_epoch(trained):
+    """The fixture's output is captured, not a terminal: between the trainer's start and end the log has one line
+    per epoch, no per-iteration losses (they made 1,800 lines of the default schedule) and no engine chatter."""
+    epochs = [PROGRESS_LINE.fullmatch(line) for line in _epoch_lines(trained[2])]
+    assert all(epochs), _epoch_lines(trained[2])
+    assert [match.groups() for match in epochs] == [("1", "3"), ("2", "3"), ("3", "3")]
+
+
+def test_the_progress_bar_on_request_goes_to_stderr_and_the_log_keeps_one_line_per_epoch(tiny_stack_dir, tmp_path):
+    result = bundle_run(
+        "training", TRAIN, "--dataset_dir", str(tiny_stack_dir), "--output_dir", str(tmp_path / "run"),
+        "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "2", *TINY_TRAINING, "--progress_bar", "true",
+    )  # fmt: skip
+    assert "Epoch [1/2]: [3/3] 100%" in result.stderr and "Epoch [2/2]: [3/3] 100%" in result.stderr
+    epochs = [PROGRESS_LINE.fullmatch(line) for line in _epoch_lines(result.stdout)]
+    assert all(epochs) and [match.groups() for match in epochs] == [("1", "2"), ("2", "2")]
 
 
 def test_training_leaves_nothing_in_the_temporary_folder(trained):
@@ -415,11 +450,10 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(tiny_stack_dir, tmp_p
     assert sorted(rank_logs) == [0, 1]
     for rank, log in rank_logs.items():
         assert f"emseg: process {rank} of 2 on cpu with gloo" in log
-    losses = [
-        float(line.split("train_loss: ")[1].split()[0]) for line in rank_logs[0].splitlines() if "train_loss: " in line
-    ]
-    assert losses and np.isfinite(losses).all()
-    assert "train_loss" not in rank_logs[1] and "val_v_rand" not in rank_logs[1]  # rank 0 alone logs
+    epochs = [PROGRESS_LINE.fullmatch(line) for line in _epoch_lines(rank_logs[0])]  # one line per epoch
+    assert all(epochs) and [match.groups() for match in epochs] == [("1", "1")]
+    assert np.isfinite(float(epochs[0].group(0).split("| loss ")[1].split()[0]))
+    assert "| loss" not in rank_logs[1] and "val_v_rand" not in rank_logs[1]  # rank 0 alone logs
     written = sorted(path.name for path in (tmp_path / "run").iterdir())
     assert [name for name in written if name.startswith("checkpoint")] == ["checkpoint_epoch=1.pt"]
     assert len([name for name in written if name.startswith("events.out")]) == 3  # rank 0's TensorBoard files only
