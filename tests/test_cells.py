@@ -1,9 +1,9 @@
-"""Cells from membrane probabilities, on synthetic sections whose cells are known, and the per-cell table."""
+"""Cells from membrane probabilities, on synthetic sections whose cells are known."""
 
 import numpy as np
 import pytest
 
-from scripts.cells import CELL_COLUMNS, CELL_METHODS, CellLabeller, cell_table, label_cell_stack, label_cells
+from scripts.cells import CELL_METHODS, CellLabeller, label_cell_stack, label_cells
 from scripts.errors import InputError
 
 
@@ -136,36 +136,3 @@ def test_bad_probabilities_are_rejected(probability, message):
         label_cells(probability, 0.5)
     with pytest.raises(ValueError, match="method"):
         label_cells(np.zeros((4, 4)), 0.5, method="magic")
-
-
-def test_the_table_has_one_row_per_cell_and_its_areas_sum_to_the_labelled_pixels():
-    membrane, _ = grid_section()
-    cells = label_cell_stack(np.stack([membrane, membrane]), membrane_threshold=0.5)
-    image = np.random.default_rng(0).integers(0, 255, cells.shape).astype(np.uint8)
-    table = cell_table(cells, image)
-    assert tuple(table) == tuple(c for c in CELL_COLUMNS if not c.endswith(("_nm", "_nm2")))
-    assert table["id"].tolist() == list(range(1, 19)) and table["section"].tolist() == [0] * 9 + [1] * 9
-    assert table["area_px"].sum() == (cells > 0).sum() and set(table["area_px"]) == {36.0}
-    first = cells[0] == 1
-    assert table["intensity_mean"][0] == pytest.approx(image[0][first].mean())
-    assert table["intensity_max"][0] == image[0][first].max()
-    assert table["centroid_y_px"][0] == pytest.approx(2.5) and table["eccentricity"][0] == pytest.approx(0.0)
-
-
-def test_the_table_gives_physical_units_for_anisotropic_pixels():
-    membrane, _ = grid_section()
-    cells = label_cell_stack(membrane[None], membrane_threshold=0.5)
-    table = cell_table(cells, np.zeros(cells.shape), pixel_size=(5.0, 4.0))
-    np.testing.assert_allclose(table["area_nm2"], table["area_px"] * 20.0)
-    np.testing.assert_allclose(table["centroid_y_nm"], table["centroid_y_px"] * 5.0)
-    np.testing.assert_allclose(table["centroid_x_nm"], table["centroid_x_px"] * 4.0)
-    assert table["major_axis_px"][0] == pytest.approx(table["minor_axis_px"][0])  # a square in pixels
-    assert table["major_axis_nm"][0] == pytest.approx(table["minor_axis_nm"][0] * 5 / 4)  # 6 x 6 px = 30 x 24 nm
-    assert np.isnan(table["perimeter_nm"]).all()  # regionprops measures perimeters with square pixels only
-    square = cell_table(cells, np.zeros(cells.shape), pixel_size=(4.0, 4.0))
-    np.testing.assert_allclose(square["perimeter_nm"], square["perimeter_px"] * 4.0)
-
-
-def test_a_stack_without_cells_gives_an_empty_but_complete_table():
-    table = cell_table(np.zeros((2, 5, 5), np.uint32), np.zeros((2, 5, 5)), pixel_size=(4.0, 4.0))
-    assert tuple(table) == CELL_COLUMNS and all(len(values) == 0 for values in table.values())

@@ -7,7 +7,6 @@ import tifffile
 from scripts.datalists import (
     heldout_block,
     load_labelled_stack,
-    load_unlabelled_stack,
     split_sections,
     validation_block,
 )
@@ -21,7 +20,6 @@ def test_labelled_stack_gives_one_item_per_slice_with_membrane_targets(tiny_stac
     assert items[0]["image"].shape == items[0]["label"].shape == (96, 96)
     raw = tifffile.imread(tiny_stack_dir / "train-labels.tif")[0]
     np.testing.assert_array_equal(items[0]["label"], (raw == 0).astype(np.uint8))
-    assert [item["slice"] for item in load_unlabelled_stack(tiny_stack_dir / "test-volume.tif")] == [0, 1, 2]
 
 
 def test_image_and_label_stacks_must_match(tmp_path):

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from scripts.errors import InputError
-from scripts.flags import flag, number
+from scripts.flags import flag, number, pixel_size_flag
 
 
 @pytest.mark.parametrize("value", [True, "true", "True", " TRUE ", 1, "1", "yes", "Yes"])
@@ -52,3 +52,10 @@ def test_whole_numbers_with_a_lower_bound():
         number(64.5, "block_size", 64, integer=True)
     with pytest.raises(InputError, match=r"^--dask_workers: 0 is out of range; it must be at least 1$"):
         number(0, "dask_workers", 1, integer=True)
+
+
+@pytest.mark.parametrize("pixel_size", [[4], [4, -1], "four", [4, float("nan")]])
+def test_a_bad_pixel_size_is_rejected(pixel_size):
+    with pytest.raises(InputError, match="--pixel_size: .* is not a \\(y, x\\) pixel size in nm"):
+        pixel_size_flag(pixel_size)
+    assert pixel_size_flag(None) is None and pixel_size_flag(["4", 5]) == (4.0, 5.0)

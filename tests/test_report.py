@@ -5,13 +5,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from conftest import two_cells
-from ignite.engine import Engine
 
 from scripts.cells import CellLabeller
 from scripts.report import EvaluationReport, evaluation_summary, write_evaluation_report
-from scripts.writers import SliceCollector
 
 
 def _item(slice_index, probability, truth):
@@ -91,16 +88,23 @@ def test_report_needs_slices_and_a_threshold_source(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_evaluation_report_handler_writes_when_its_evaluator_completes(tmp_path):
+def test_the_evaluation_report_scores_what_the_predictor_gives(tmp_path):
+    """The predictor's probability of each raw section is scored; the threshold is chosen on the validation items."""
     truth = two_cells(width=33, height=32)
-    item = _item(5, truth * 0.9, truth)
-    section = {key: torch.as_tensor(item[key])[None] for key in ("image", "label", "pred")}
-    batches = [[{**section, "slice": 5}]]  # one decollated batch of one section, as a SupervisedEvaluator holds it
-    evaluator = Engine(lambda engine, batch: [{"pred": batch[0]["pred"]}])
-    calibration = SliceCollector()
-    calibration.items = [_item(0, truth * 0.9, truth)]
-    report = EvaluationReport(tmp_path, calibration=calibration)
-    report.attach(evaluator)
-    evaluator.run(batches)
-    assert report.summary["slices"] == [5] and "validation slices [0]" in report.summary["fixed_threshold_source"]
+
+    class Predictor:  # stands in for inference.json's pipeline: raw -> probability, and its preprocessing
+        def preprocessing(self, item):
+            return {"image": item["image"][None] / 255.0}
+
+        def __call__(self, raw):
+            return (raw > 100).astype(np.float32) * 0.9
+
+    raw = np.where(truth > 0, 200, 20).astype(np.uint8)
+    datalist = [{"slice": 5, "image": raw, "label": truth}]
+    report = EvaluationReport(tmp_path, Predictor())
+    summary = report.run(datalist, [{"slice": 0, "image": raw, "label": truth}])
+    assert summary["slices"] == [5] and "validation slices [0]" in summary["fixed_threshold_source"]
+    assert summary["mean_at_fixed_threshold"]["v_rand"] == 1.0
     assert json.loads((tmp_path / "metrics.json").read_text())["slices"] == [5]
+    with pytest.raises(ValueError, match="no threshold"):  # neither a threshold nor validation sections
+        EvaluationReport(tmp_path / "other", Predictor()).run(datalist)

@@ -8,10 +8,18 @@ import pytest
 import tifffile
 import torch
 from conftest import two_cells
+from monai.transforms import ScaleIntensity
 from PIL import Image
 
 from scripts.stack_io import StackError
-from scripts.transforms import BorderWeight, BorderWeightd, LoadSlice, LoadSliced, border_weight_map
+from scripts.transforms import (
+    BorderWeight,
+    BorderWeightd,
+    LoadSlice,
+    LoadSliced,
+    ScaleSectionIntensityd,
+    border_weight_map,
+)
 
 
 def test_one_pixel_membrane_between_two_cells():
@@ -105,3 +113,14 @@ def test_load_sliced_rejects_labels_of_another_size_and_multi_slice_files(tmp_pa
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((2, 4, 4), np.uint8))
     with pytest.raises(StackError, match="stack.tif: holds 2 slices"):
         LoadSliced("image")({"image": tmp_path / "stack.tif"})
+
+
+def test_scale_section_intensity_is_monais_min_max_on_a_whole_section_and_the_section_range_on_a_tile():
+    section = np.random.default_rng(0).integers(10, 200, (1, 40, 50)).astype(np.uint8)
+    scale = ScaleSectionIntensityd("image")
+    whole = scale({"image": section})["image"]
+    assert whole.dtype == torch.float32
+    np.testing.assert_allclose(whole, ScaleIntensity(minv=0.0, maxv=1.0)(section.astype(np.float32)), atol=1e-7)
+    tile = scale({"image": section[:, :10, :10], "intensity_range": (section.min(), section.max())})["image"]
+    np.testing.assert_array_equal(tile, whole[:, :10, :10])
+    assert not scale({"image": np.full((1, 5, 5), 7, np.uint8)})["image"].any()  # constant: 0, not a division by 0

@@ -1,5 +1,5 @@
-"""Blockwise inference through inference.json: the in-memory result block by block, OME-Zarr in and out, a
-2-worker cluster, resuming after kill -9, and faults that name the block and the file."""
+"""Blockwise inference through inference.json: the section-by-section result block by block, OME-Zarr in and out,
+a 2-worker cluster, resuming after kill -9, and faults that name the block and the file."""
 
 import csv
 import errno
@@ -20,9 +20,12 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 from ome_zarr.writer import write_image
 
-from scripts import volumes
+from scripts import dask_runner, outputs, volumes, work
+from scripts.cell_table import cell_table
+from scripts.dask_runner import worker_device
 from scripts.errors import input_error_in_chain
-from scripts.volumes import BlockError, worker_device
+from scripts.volumes import BlockError
+from scripts.writers import csv_bytes
 
 SMALL = {"inference_roi": [128, 128]}  # windows smaller than the sections, so tiles cut across them
 SECTIONS = tifffile.imread(DATA / "test-volume.tif")[:3, 100:400, 50:330]  # stack_path's
@@ -38,13 +41,13 @@ def stack_path(tmp_path_factory):
     return path
 
 
-def infer(input_path, output_dir, run="run", **overrides):
+def infer(input_path, output_dir, **overrides):
     config = bundle_config(
         ["configs/inference.json"],
         {"input_path": str(input_path), "output_dir": str(output_dir), **SMALL, **overrides},
     )
     config.get_parsed_content("initialize")
-    config.get_parsed_content(run)
+    config.get_parsed_content("run")
     return config
 
 
@@ -56,10 +59,20 @@ def read_outputs(folder, name="stack"):
 
 
 @pytest.fixture(scope="module")
-def in_memory(stack_path, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("in_memory")
-    infer(stack_path, folder, run="run_in_memory")
-    return read_outputs(folder)
+def in_memory(stack_path):
+    """The outputs computed without blocks: the config's own predictor, cells and table, whole section by section."""
+    config = bundle_config(["configs/inference.json"], {"input_path": str(stack_path), **SMALL})
+    config.get_parsed_content("initialize")
+    predictor, cells = config.get_parsed_content("predictor"), config.get_parsed_content("cells")
+    probability = np.stack([predictor(section) for section in SECTIONS])
+    labels = cells.stack(probability)
+    table = csv_bytes(cell_table(labels, SECTIONS, config.get_parsed_content("cell_table").pixel_size))
+    return {
+        "membrane_probability": probability,
+        "segmentation": np.where(probability >= config.get_parsed_content("membrane_threshold"), 0, 255),
+        "cells": labels,
+        "table": list(csv.DictReader(table.decode().splitlines())),
+    }
 
 
 def same_cells(first, second):
@@ -81,7 +94,7 @@ def test_whole_section_blocks_give_the_in_memory_outputs_exactly(stack_path, in_
 
 
 def test_tiles_have_no_seams(stack_path, in_memory, tmp_path):
-    config = infer(stack_path, tmp_path, block_size=100, **{"volume_inference#cell_halo": 64})
+    config = infer(stack_path, tmp_path, block_size=100, **{"evaluator#cell_halo": 64})
     assert len(volumes.plan_blocks((3, 300, 280), 100)) == 27 and 100 < SMALL["inference_roi"][0]  # tiles < window
     tiled = read_outputs(tmp_path)
     assert np.abs(tiled["membrane_probability"] - in_memory["membrane_probability"]).max() <= 1e-4
@@ -89,7 +102,7 @@ def test_tiles_have_no_seams(stack_path, in_memory, tmp_path):
     ids = [int(row["id"]) for row in tiled["table"]]
     assert sorted(ids) == sorted(set(np.unique(tiled["cells"])) - {0})  # one row per cell, cut by a seam or not
     assert sum(float(row["area_px"]) for row in tiled["table"]) == (tiled["cells"] > 0).sum()
-    assert config.get_parsed_content("volume_inference").written[-1].name == "stack_cells.csv"
+    assert config.get_parsed_content("evaluator").written[-1].name == "stack_cells.csv"
 
 
 def test_ome_zarr_in_and_out(stack_path, in_memory, tmp_path):
@@ -114,9 +127,10 @@ def test_ome_zarr_in_and_out(stack_path, in_memory, tmp_path):
 
 def test_two_worker_processes_on_loopback(stack_path, in_memory, tmp_path):
     config = infer(stack_path, tmp_path, dask_workers=2, block_size=100)  # tiles of 100 x 94 and shorter last ones
-    run = config.get_parsed_content("volume_inference")
-    assert len(run.network_loads) == 2 and set(run.network_loads.values()) == {1}  # each worker loaded it once
-    assert all(address.startswith("tcp://127.0.0.1:") for address in run.network_loads)
+    runner = config.get_parsed_content("evaluator").runner
+    assert isinstance(runner, dask_runner.DaskRunner)
+    assert len(runner.network_loads) == 2 and set(runner.network_loads.values()) == {1}  # each worker loaded it once
+    assert all(address.startswith("tcp://127.0.0.1:") for address in runner.network_loads)
     tiled = read_outputs(tmp_path)
     assert np.abs(tiled["membrane_probability"] - in_memory["membrane_probability"]).max() <= 1e-4
     assert same_cells(tiled["cells"], in_memory["cells"])
@@ -156,21 +170,21 @@ def test_an_existing_cluster_whose_workers_do_not_have_the_bundle(stack_path, in
 #: the real inference command on ``stack_path`` in 27 tiles (3 sections of 3 x 3)
 TILED = ["--inference_roi", "[128,128]", "--block_size", "100", "--logging_file", "configs/logging.conf"]
 
-#: runs the bundle's inference like ``python -m monai.bundle run inferring``, with ``run_block`` stopped after the
-#: block whose record makes EMSEG_TEST_BLOCKS records: killed with SIGKILL, or paused until a file appears
+#: runs the bundle's inference like ``python -m monai.bundle run inferring``, with each block's task stopped after
+#: the block whose record makes EMSEG_TEST_BLOCKS records: killed with SIGKILL, or paused until a file appears
 STOPPING_RUN = """
 import os, signal, sys, time
 from pathlib import Path
 sys.path.insert(0, ".")
 import fire
 from monai.bundle.scripts import run
-from scripts import volumes
+from scripts import work
 
-run_block, blocks, action = volumes.run_block, int(os.environ["EMSEG_TEST_BLOCKS"]), os.environ["EMSEG_TEST_ACTION"]
+finish, blocks, action = work.BlockTask.finish, int(os.environ["EMSEG_TEST_BLOCKS"]), os.environ["EMSEG_TEST_ACTION"]
 
-def run_block_then_stop(block, settings):
-    count = run_block(block, settings)
-    if len(list(Path(settings["work"], "blocks").glob("*.npz"))) == blocks:
+def finish_then_stop(task, block, predicted):
+    count = finish(task, block, predicted)
+    if len(list(Path(task.work_path, "blocks").glob("*.npz"))) == blocks:
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         Path(os.environ["EMSEG_TEST_PAUSED"]).touch()
@@ -179,7 +193,7 @@ def run_block_then_stop(block, settings):
             time.sleep(0.05)
     return count
 
-volumes.run_block = run_block_then_stop
+work.BlockTask.finish = finish_then_stop
 fire.Fire(run)
 """
 
@@ -257,10 +271,14 @@ def test_a_second_run_into_the_same_outputs_is_refused_while_the_first_lives(sta
 
 
 def test_a_full_disk_names_the_block_and_the_file(stack_path, tmp_path, monkeypatch):
-    def full(path, **arrays):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    atomic_write = work.atomic_write
 
-    monkeypatch.setattr(volumes, "_atomic_savez", full)
+    def full_for_block_records(path, data):
+        if path.suffix == ".npz":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        atomic_write(path, data)
+
+    monkeypatch.setattr(work, "atomic_write", full_for_block_records)
     with pytest.raises(RuntimeError) as raised:  # MONAI's "Failed to evaluate", raised from the BlockError
         infer(stack_path, tmp_path, block_size=None)
     error = input_error_in_chain(raised.value)
@@ -276,7 +294,7 @@ def test_a_full_disk_names_the_block_and_the_file(stack_path, tmp_path, monkeypa
 
 
 def test_a_failed_finish_leaves_no_hidden_output_and_names_the_file(stack_path, tmp_path, monkeypatch):
-    write_pages = volumes._write_pages
+    write_pages = outputs.write_pages
 
     def disk_full_on_the_segmentation(path, *arguments):
         if "segmentation" in path.name:
@@ -284,7 +302,7 @@ def test_a_failed_finish_leaves_no_hidden_output_and_names_the_file(stack_path, 
             raise OSError(errno.ENOSPC, "No space left on device")
         write_pages(path, *arguments)
 
-    monkeypatch.setattr(volumes, "_write_pages", disk_full_on_the_segmentation)
+    monkeypatch.setattr(outputs, "write_pages", disk_full_on_the_segmentation)
     with pytest.raises(RuntimeError) as raised:
         infer(stack_path, tmp_path, block_size=None)
     error = input_error_in_chain(raised.value)
@@ -344,7 +362,7 @@ def test_each_gpu_worker_gets_one_device():
 def test_the_dashboard_link_of_the_local_cluster_answers():
     import urllib.request
 
-    with volumes.dask_client(dashboard=True) as client:
+    with dask_runner.dask_client(dashboard=True) as client:
         assert client.dashboard_link.startswith("http://127.0.0.1:")
         assert urllib.request.urlopen(client.dashboard_link, timeout=10).status == 200
 
@@ -352,15 +370,16 @@ def test_the_dashboard_link_of_the_local_cluster_answers():
 @pytest.mark.parametrize("workers", [1, 2])  # an in-process worker, and worker processes started by nannies
 def test_the_workers_of_the_local_cluster_keep_no_profile(workers):
     """The profiler keeps a profile of each of the last 1000 seconds: memory that grows with the run's length."""
-    with volumes.dask_client(workers=workers) as client:
+    with dask_runner.dask_client(workers=workers) as client:
         profiling = client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks)
     assert len(profiling) == workers and not any(profiling.values())
 
 
-def test_the_local_dashboard_starts_for_long_runs_or_several_workers(tmp_path):
-    def dashboard(blocks, **options):
-        run = volumes.VolumeInference(tmp_path / "in.tif", tmp_path, "in", network=None, inferer=None, **options)
-        return run._dashboard([None] * blocks)
+def test_one_local_worker_runs_in_this_process_and_several_on_dask(stack_path, tmp_path):
+    def runner(**overrides):
+        config = bundle_config(["configs/inference.json"], {"input_path": str(stack_path), **overrides})
+        return type(config.get_parsed_content("evaluator")._runner()).__name__
 
-    assert not dashboard(30) and dashboard(volumes.DASHBOARD_BLOCKS) and dashboard(30, workers=2)
-    assert dashboard(30, dashboard="true") and not dashboard(500, dashboard=False)
+    assert runner() == runner(dask_workers=1) == "LocalRunner"  # no cluster to start for one worker
+    assert runner(dask_workers=2) == runner(dask_dashboard=True) == "DaskRunner"
+    assert runner(dask_scheduler="tcp://127.0.0.1:8786") == "DaskRunner"

@@ -1,97 +1,13 @@
-"""The inference writer: every stack and the cell table, with the pixel size; nothing when the output is bad."""
+"""The lock on a run's outputs: a second holder refused, the lock released when its holder dies."""
 
-import csv
 import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import tifffile
-import torch
 from conftest import REPO
-from ignite.engine import Engine
 
-from scripts.cells import CellLabeller
-from scripts.errors import InputError
-from scripts.stack_io import read_pixel_size
-from scripts.writers import OutputLocked, StackWriter, output_lock
-
-
-def run_writer(writer: StackWriter, probabilities: list[np.ndarray]) -> None:
-    """An evaluator over one section per iteration, its output the given membrane probabilities."""
-    batches = [
-        [{"image": torch.zeros(1, *p.shape), "raw_image": torch.full((1, *p.shape), 7.0), "slice": z}]
-        for z, p in enumerate(probabilities)
-    ]
-    engine = Engine(lambda engine, batch: [{"pred": torch.as_tensor(probabilities[batch[0]["slice"]])[None]}])
-    writer.attach(engine)
-    engine.run(batches)
-
-
-def two_cells() -> np.ndarray:
-    probability = np.zeros((8, 11), dtype=np.float32)
-    probability[:, 5] = 0.9
-    return probability
-
-
-def test_writes_every_stack_and_the_cell_table_with_the_pixel_size(tmp_path):
-    writer = StackWriter(tmp_path, "stack", membrane_threshold=0.5, challenge_submission="yes", pixel_size=[4, 4])
-    run_writer(writer, [two_cells(), two_cells()])
-    names = sorted(path.name for path in tmp_path.iterdir())
-    assert names == [
-        "stack_cells.csv", "stack_cells.tif", "stack_isbi2012_submission.tif", "stack_membrane_probability.tif",
-        "stack_segmentation.tif",
-    ]  # fmt: skip
-    cells = tifffile.imread(tmp_path / "stack_cells.tif")
-    assert cells.dtype == np.uint32 and cells.shape == (2, 8, 11)
-    assert [sorted(set(np.unique(s)) - {0}) for s in cells] == [[1, 2], [3, 4]]
-    rows = list(csv.DictReader((tmp_path / "stack_cells.csv").open()))
-    assert [int(row["id"]) for row in rows] == [1, 2, 3, 4] and [row["section"] for row in rows] == list("0011")
-    assert sum(float(row["area_px"]) for row in rows) == (cells > 0).sum()
-    assert float(rows[0]["intensity_mean"]) == 7.0  # the raw image, not the scaled one
-    assert float(rows[0]["area_nm2"]) == 16 * float(rows[0]["area_px"])
-    for name in names:
-        if name.endswith(".tif"):
-            assert read_pixel_size(tmp_path / name) == pytest.approx((4.0, 4.0))
-
-
-def test_without_a_pixel_size_the_table_is_in_pixels(tmp_path):
-    run_writer(StackWriter(tmp_path, "stack"), [two_cells()])
-    header = (tmp_path / "stack_cells.csv").read_text().splitlines()[0].split(",")
-    assert "area_px" in header and not any(column.endswith(("_nm", "_nm2")) for column in header)
-    assert read_pixel_size(tmp_path / "stack_cells.tif") is None
-
-
-def test_a_stack_without_cells_gives_a_header_only_table(tmp_path):
-    run_writer(StackWriter(tmp_path, "stack"), [np.ones((6, 6), np.float32)])
-    assert len((tmp_path / "stack_cells.csv").read_text().splitlines()) == 1
-    assert not tifffile.imread(tmp_path / "stack_cells.tif").any()
-
-
-def test_nan_probabilities_stop_the_run_and_nothing_is_written(tmp_path):
-    broken = two_cells()
-    broken[2, 2] = np.nan
-    with pytest.raises(InputError, match=r"stack: the network gave NaN .* sections \[1\]; .*nothing was written"):
-        run_writer(StackWriter(tmp_path / "out", "stack"), [two_cells(), broken])
-    assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("pixel_size", [[4], [4, -1], "four", [4, float("nan")]])
-def test_a_bad_pixel_size_is_rejected(tmp_path, pixel_size):
-    with pytest.raises(InputError, match="--pixel_size: .* is not a \\(y, x\\) pixel size in nm"):
-        StackWriter(tmp_path, "stack", pixel_size=pixel_size)
-
-
-def test_the_cells_come_from_the_labeller_given(tmp_path):
-    membrane = np.zeros((30, 61), dtype=np.float32)
-    membrane[:, 30] = 0.6  # a faint membrane: interior for a 0.7 threshold
-    labeller = CellLabeller("mutex_watershed", membrane_threshold=0.7, long_range=5, repulsion_bias=0.9)
-    run_writer(StackWriter(tmp_path, "stack", cells=labeller), [membrane])
-    cells = tifffile.imread(tmp_path / "stack_cells.tif")
-    assert cells[0, 5, 5] != cells[0, 5, 50]
-    run_writer(StackWriter(tmp_path / "default", "stack"), [membrane])  # default: components at 0.5
-    assert tifffile.imread(tmp_path / "default" / "stack_cells.tif").max() == 2
+from scripts.writers import OutputLocked, output_lock
 
 
 def test_an_output_lock_refuses_a_second_holder_and_names_the_first(tmp_path):

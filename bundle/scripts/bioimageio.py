@@ -24,7 +24,6 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ import torch
 
 from .errors import InputError
 from .flags import flag
+from .pipeline import SectionPredictor
 
 __all__ = ["BioimageioExport", "architecture_of", "size_constraint", "WEIGHT_FORMATS"]
 
@@ -140,9 +140,8 @@ class BioimageioExport:
     """Writes the bioimage.io package of the configured network.
 
     Args:
-        network: the network with its weights loaded (``initialize`` of ``configs/bioimageio.json``).
-        preprocessing: inference.json's preprocessing (the test output is the bundle's own prediction).
-        inferer: inference.json's sliding-window inferer.
+        predictor: inference.json's pipeline (:class:`scripts.pipeline.SectionPredictor`) with the network's weights
+            loaded, on the CPU: the test output is the bundle's own prediction.
         metadata_file: the bundle's ``metadata.json`` (version, description, license text, references).
         documentation: the model card (Markdown) shipped as the package's documentation.
         test_image: a stack whose section ``test_section`` becomes the test input.
@@ -155,9 +154,7 @@ class BioimageioExport:
 
     def __init__(
         self,
-        network: torch.nn.Module,
-        preprocessing: Callable,
-        inferer: Callable,
+        predictor: SectionPredictor,
         metadata_file: str | Path,
         documentation: str | Path,
         test_image: str | Path,
@@ -167,14 +164,14 @@ class BioimageioExport:
         halo: int = 32,
         check: bool | str = True,
     ) -> None:
-        self.network = network.cpu().eval()
-        self.preprocessing, self.inferer = preprocessing, inferer
+        self.predictor = predictor.to("cpu")
+        self.network = predictor.network
         self.metadata_file, self.documentation = Path(metadata_file), Path(documentation)
         self.test_image, self.test_section = Path(test_image), int(test_section)
         self.output_dir = Path(output_dir)
         self.overwrite, self.check = flag(overwrite, "overwrite"), flag(check, "check")
         self.halo = int(halo)
-        self.network_name = type(network).__name__
+        self.network_name = type(self.network).__name__
         self.package = self.output_dir / f"emseg_{self.network_name.lower()}.bioimageio.zip"
 
     def run(self) -> Path:
@@ -200,17 +197,15 @@ class BioimageioExport:
     # -- the package's files -------------------------------------------------------------------------------
     def test_tensors(self) -> tuple[np.ndarray, np.ndarray]:
         """(input, output) of section ``test_section``: raw intensities as float32 (1, 1, H, W), and the bundle's
-        membrane probability for them (preprocessing, sliding-window inferer, sigmoid), (1, 1, H, W)."""
+        membrane probability for them (the declared pipeline: preprocessing, inferer, postprocessing), (1, 1, H, W)."""
         from .stack_io import read_stack
 
         stack = read_stack(self.test_image)
         if not 0 <= self.test_section < len(stack):
             raise InputError(f"--test_section {self.test_section}: {self.test_image} has {len(stack)} sections")
         section = stack[self.test_section]
-        image = self.preprocessing({"image": section})["image"][None]
-        with torch.no_grad():
-            probability = torch.sigmoid(self.inferer(image, self.network))
-        return section[None, None].astype(np.float32), probability.numpy().astype(np.float32)
+        probability = self.predictor(section)
+        return section[None, None].astype(np.float32), probability[None, None].astype(np.float32)
 
     def _cover(self, raw: np.ndarray, probability: np.ndarray, path: Path) -> Path:
         """The section and its membrane probability side by side (2:1, as bioimage.io shows covers)."""

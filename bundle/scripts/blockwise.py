@@ -8,8 +8,8 @@ approximates it:
   Gaussian weight. :func:`prediction_region` widens a tile to exactly the windows of that grid that overlap it
   (plus ``cell_halo``), so a ``SlidingWindowInferer`` run on the region places the same windows at the same
   places, and every pixel of the tile gets the same windows, weights and sum as in the whole section;
-* intensities are scaled with the *section's* minimum and maximum (``ScaleIntensityd`` of the configs works
-  per section), given to the tile (:func:`predict_region`).
+* intensities are scaled with the *section's* minimum and maximum, given to the tile
+  (:class:`scripts.transforms.ScaleSectionIntensityd` in the configs' preprocessing).
 
 Cells are labelled per block on the tile and a ``cell_halo`` around it (context), then cropped to the tile with
 block-local ids 1..k (:func:`block_cells`). A cell cut by a seam between two tiles gets an id in each. Both
@@ -26,12 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from monai.inferers import SlidingWindowInferer
-from monai.inferers.utils import _get_scan_interval
-from monai.transforms import ScaleIntensityRange
 
-from .cells import CellLabeller, cell_table
+from .cells import CellLabeller
 from .errors import InputError
 
 __all__ = [
@@ -41,13 +38,11 @@ __all__ = [
     "window_starts",
     "prediction_region",
     "sliding_window_of",
-    "predict_region",
     "block_cells",
     "seam_merges",
     "CellIds",
     "stitch_cells",
     "shift_table",
-    "measure_cells",
 ]
 
 
@@ -62,6 +57,11 @@ class Block:
     x1: int
     row: int = 0
     column: int = 0
+
+    @property
+    def region(self) -> tuple[slice, slice]:
+        """Its rows and columns of the section."""
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
 
     @property
     def name(self) -> str:
@@ -98,7 +98,7 @@ def window_starts(size: int, roi: int, overlap: float) -> np.ndarray:
     back to end at the border; an axis shorter than the window is padded to one window at 0)."""
     if size <= roi:
         return np.zeros(1, dtype=int)
-    (interval,) = _get_scan_interval((size,), (roi,), 1, (overlap,))
+    interval = max(int(roi * (1 - overlap)), 1)  # MONAI's scan interval for an axis longer than the window
     starts = np.arange(0, size, interval)
     starts = np.minimum(starts[: int(np.argmax(starts + roi >= size)) + 1], size - roi)
     return starts
@@ -135,39 +135,6 @@ def sliding_window_of(inferer) -> SlidingWindowInferer:
             "positive size and one overlap for both axes"
         )
     return inferer
-
-
-@torch.no_grad()
-def predict_region(
-    raw: np.ndarray,
-    section_range: tuple[float, float],
-    network: torch.nn.Module,
-    inferer,
-    device: torch.device | str = "cpu",
-    amp: bool = False,
-) -> np.ndarray:
-    """The membrane probability of one region of a section.
-
-    Args:
-        raw: (h, w) raw intensities of the region.
-        section_range: the section's (minimum, maximum) intensity; the region is scaled to [0, 1] with them, as
-            ``ScaleIntensityd(minv=0, maxv=1)`` scales the whole section.
-        network: the network in eval mode, on ``device``.
-        inferer: the configs' inferer (``SlidingWindowInferer``, or its test-time-augmentation wrapper).
-        amp: autocast (only on CUDA).
-
-    Returns:
-        (h, w) float32 membrane probability (sigmoid of the network output).
-    """
-    low, high = (float(value) for value in section_range)
-    scale = ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0) if high > low else None
-    image = torch.as_tensor(np.asarray(raw, dtype=np.float32))
-    image = scale(image) if scale is not None else image - low  # MONAI's rescale of a constant section
-    image = torch.as_tensor(image, dtype=torch.float32, device=device)[None, None]
-    device = torch.device(device)
-    with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-        logits = inferer(image, network)
-    return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
 
 
 def _local_ids(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
@@ -313,7 +280,7 @@ def stitch_cells(
 def shift_table(
     table: dict[str, np.ndarray], z: int, origin: tuple[int, int], pixel_size: Sequence[float] | None
 ) -> dict[str, np.ndarray]:
-    """A :func:`scripts.cells.cell_table` of a crop, moved to section ``z`` and the crop's section ``origin``."""
+    """A :func:`scripts.cell_table.section_table` of a crop, moved to section ``z`` and the crop's ``origin``."""
     shifted = dict(table)
     shifted["section"] = np.full(len(table["id"]), z, dtype=np.int64)
     for axis, offset in zip("yx", origin, strict=True):
@@ -322,8 +289,3 @@ def shift_table(
         if pixel_size is not None:
             shifted[f"centroid_{axis}_nm"] = table[f"centroid_{axis}_nm"] + offset * pixel_size["yx".index(axis)]
     return shifted
-
-
-def measure_cells(labels: np.ndarray, raw: np.ndarray, pixel_size: Sequence[float] | None) -> dict[str, np.ndarray]:
-    """:func:`scripts.cells.cell_table` of one (h, w) crop."""
-    return cell_table(labels[None], raw[None], pixel_size)

@@ -23,20 +23,15 @@ seeds until they meet on 1-pixel lines (on the binary map for ``"components"``, 
 probability otherwise). So small fragments merge into their neighbours, and a segment with no interior pixel
 is not a cell.
 
-Label maps are (Z, H, W) uint32, 0 = membrane line / background, ids 1..N unique across the stack. The table
-(:func:`cell_table`) is measured with scikit-image's ``regionprops_table``, in pixels and, given the pixel
-size, in nanometres.
+Label maps are (Z, H, W) uint32, 0 = membrane line / background, ids 1..N unique across the stack. Their table
+of properties is :mod:`scripts.cell_table`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from scipy.ndimage import distance_transform_edt, generate_binary_structure, maximum_filter
-from skimage.graph import merge_hierarchical, rag_boundary
 from skimage.measure import label as connected_components
-from skimage.measure import regionprops_table
 from skimage.morphology import h_maxima, remove_small_objects
 from skimage.segmentation import watershed
 
@@ -44,7 +39,7 @@ from .errors import InputError
 from .flags import number
 from .metrics import thinned_segmentation
 
-__all__ = ["CELL_METHODS", "CellLabeller", "label_cells", "label_cell_stack", "CELL_COLUMNS", "cell_table"]
+__all__ = ["CELL_METHODS", "CellLabeller", "label_cells", "label_cell_stack"]
 
 CELL_METHODS = ("components", "watershed", "mutex_watershed", "agglomeration")
 
@@ -95,6 +90,8 @@ def _weight_boundary(graph, source, target, neighbour) -> dict:
 
 
 def _agglomerate(fragments: np.ndarray, probability: np.ndarray, merge_threshold: float) -> np.ndarray:
+    from skimage.graph import merge_hierarchical, rag_boundary  # networkx: a quarter second to import, used here only
+
     if len(np.unique(fragments)) < 2:
         return fragments
     # the boundary evidence of a pixel pair is its higher probability, as a 1-pixel membrane is on one side only
@@ -237,77 +234,3 @@ def label_cell_stack(membrane_probability: np.ndarray, **options) -> np.ndarray:
         cells[z] = np.where(labels > 0, labels + next_id, 0)
         next_id += int(labels.max())
     return cells
-
-
-_PIXEL_PROPERTIES = {  # regionprops_table name -> column
-    "label": "id",
-    "area": "area_px",
-    "perimeter": "perimeter_px",
-    "centroid-0": "centroid_y_px",
-    "centroid-1": "centroid_x_px",
-    "bbox-0": "bbox_min_y_px",
-    "bbox-1": "bbox_min_x_px",
-    "bbox-2": "bbox_max_y_px",
-    "bbox-3": "bbox_max_x_px",
-    "equivalent_diameter_area": "equivalent_diameter_px",
-    "axis_major_length": "major_axis_px",
-    "axis_minor_length": "minor_axis_px",
-    "eccentricity": "eccentricity",
-    "solidity": "solidity",
-    "orientation": "orientation_rad",
-    "intensity_mean": "intensity_mean",
-    "intensity_min": "intensity_min",
-    "intensity_max": "intensity_max",
-    "intensity_std": "intensity_std",
-}
-_PHYSICAL_PROPERTIES = {  # measured again with the pixel size as regionprops' spacing
-    "area": "area_nm2",
-    "centroid-0": "centroid_y_nm",
-    "centroid-1": "centroid_x_nm",
-    "equivalent_diameter_area": "equivalent_diameter_nm",
-    "axis_major_length": "major_axis_nm",
-    "axis_minor_length": "minor_axis_nm",
-}
-#: the table's columns, in order; the ``_nm`` ones only when a pixel size is known
-CELL_COLUMNS = ("id", "section", *list(_PIXEL_PROPERTIES.values())[1:], *_PHYSICAL_PROPERTIES.values(), "perimeter_nm")
-
-
-def _property_names(table: dict[str, str]) -> list[str]:
-    return list(dict.fromkeys(name.split("-")[0] for name in table))
-
-
-def cell_table(
-    cells: np.ndarray, image: np.ndarray, pixel_size: Sequence[float] | None = None
-) -> dict[str, np.ndarray]:
-    """One row per cell of a (Z, H, W) label stack, measured per section with ``regionprops_table``.
-
-    Args:
-        cells: (Z, H, W) integer cell ids, 0 = no cell (e.g. from :func:`label_cell_stack`).
-        image: (Z, H, W) raw intensities the ``intensity_*`` columns are measured on.
-        pixel_size: (y, x) pixel size in nm, or None for pixel units only. ``perimeter_nm`` needs square pixels
-            (NaN otherwise).
-
-    Returns:
-        columns (see :data:`CELL_COLUMNS`) as equal-length 1D arrays, rows ordered by section then id.
-    """
-    if np.shape(cells) != np.shape(image) or np.ndim(cells) != 3:
-        raise ValueError(f"cells {np.shape(cells)} and image {np.shape(image)} must be the same (Z, H, W) shape")
-    rows: dict[str, list[np.ndarray]] = {}
-    for z in range(cells.shape[0]):
-        section = {
-            _PIXEL_PROPERTIES[key]: value
-            for key, value in regionprops_table(
-                cells[z], intensity_image=image[z], properties=_property_names(_PIXEL_PROPERTIES)
-            ).items()
-        }
-        if pixel_size is not None:
-            measured = regionprops_table(cells[z], properties=_property_names(_PHYSICAL_PROPERTIES), spacing=pixel_size)
-            section.update({_PHYSICAL_PROPERTIES[key]: value for key, value in measured.items()})
-            # regionprops measures perimeters with square pixels only; NaN where pixels are not square
-            isotropic = pixel_size[0] == pixel_size[1]
-            section["perimeter_nm"] = section["perimeter_px"] * (pixel_size[0] if isotropic else np.nan)
-        section["section"] = np.full(len(section["id"]), z, dtype=np.int64)
-        for column, value in section.items():
-            rows.setdefault(column, []).append(np.asarray(value))
-    columns = [column for column in CELL_COLUMNS if column in rows]
-    return {column: np.concatenate(rows[column]) for column in columns}

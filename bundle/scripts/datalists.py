@@ -20,7 +20,7 @@ import numpy as np
 from .errors import InputError
 from .stack_io import StackError, read_membrane_labels, read_stack
 
-__all__ = ["load_labelled_stack", "load_unlabelled_stack", "heldout_block", "validation_block", "split_sections"]
+__all__ = ["load_labelled_stack", "heldout_block", "validation_block", "split_sections"]
 
 
 def load_labelled_stack(
@@ -44,12 +44,6 @@ def load_labelled_stack(
             f"{images.shape}; they must match section for section"
         )
     return [{"image": images[z], "label": membranes[z], "slice": z} for z in range(images.shape[0])]
-
-
-def load_unlabelled_stack(image_path: str | Path) -> list[dict]:
-    """Read an image stack for inference: ``[{"image": (H, W) array, "slice": z}, ...]``."""
-    images = read_stack(image_path)
-    return [{"image": images[z], "slice": z} for z in range(images.shape[0])]
 
 
 def heldout_block(num_slices: int, fold: int, num_folds: int) -> range:

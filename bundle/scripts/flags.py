@@ -4,14 +4,18 @@
 the int ``1`` and ``--resume yes`` as the string ``"yes"``. :func:`flag` accepts each of these spellings and
 stops with one line naming the flag for anything else, instead of quietly reading it as false.
 :func:`number` does the same for numeric flags (``--membrane_threshold abc``, ``--dask_workers 0``): the
-object that takes the value parses it and checks its range, and the error names the flag.
+object that takes the value parses it and checks its range, and the error names the flag. :func:`pixel_size_flag`
+checks ``--pixel_size``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 from .errors import InputError
 
-__all__ = ["TRUE_SPELLINGS", "FALSE_SPELLINGS", "flag", "number"]
+__all__ = ["TRUE_SPELLINGS", "FALSE_SPELLINGS", "flag", "number", "pixel_size_flag"]
 
 TRUE_SPELLINGS = ("true", "1", "yes")
 FALSE_SPELLINGS = ("false", "0", "no")
@@ -66,3 +70,20 @@ def number(
         )
         raise InputError(f"--{name}: {value!r} is out of range; it must be {bounds}")
     return int(parsed) if integer else parsed
+
+
+def pixel_size_flag(pixel_size: Sequence[float] | None) -> tuple[float, float] | None:
+    """``--pixel_size`` as a (y, x) pixel size in nm, or None when none is known.
+
+    Raises:
+        InputError: naming the value, unless it is two finite positive numbers.
+    """
+    if pixel_size is None:
+        return None
+    try:
+        sizes = tuple(float(size) for size in pixel_size)
+    except (TypeError, ValueError):
+        sizes = ()
+    if len(sizes) != 2 or not all(math.isfinite(size) and size > 0 for size in sizes):
+        raise InputError(f"--pixel_size: {pixel_size!r} is not a (y, x) pixel size in nm, e.g. '[4, 4]'")
+    return sizes

@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from ignite.engine import Engine, Events
 from skimage.measure import label as connected_components
 
 from .cells import CellLabeller
 from .flags import number
 from .metrics import CHALLENGE_THRESHOLDS, cell_scores, slice_scores
-from .writers import SliceCollector, atomic_write
+from .pipeline import SectionPredictor
+from .writers import atomic_write
 
 __all__ = [
     "score_curves",
@@ -231,38 +231,51 @@ def write_evaluation_report(
 
 
 class EvaluationReport:
-    """Collects the held-out sections an evaluator processes and writes the evaluation report when it completes.
+    """Scores held-out sections through the declared inference pipeline and writes the evaluation report.
+
+    Each section's membrane probability is what ``run inferring`` computes for it (``predictor``, built from
+    inference.json's preprocessing and postprocessing by :func:`scripts.pipeline.declared_predictor`).
 
     Args:
         output_dir: folder for ``metrics.json``, ``metrics.csv`` and ``evaluation.png``.
-        calibration: the collector of the validation sections' predictions, run before this evaluator, where
-            the membrane threshold is chosen when ``membrane_threshold`` is None.
-        membrane_threshold: fixed membrane threshold, or None to choose it on ``calibration``.
+        predictor: the pipeline from raw section to membrane probability.
+        membrane_threshold: fixed membrane threshold, or None to choose it on the validation sections.
         cells: also score the cell maps of this labeller (as inference.json's ``cells``).
     """
 
     def __init__(
         self,
         output_dir: str | Path,
-        calibration: SliceCollector | None = None,
+        predictor: SectionPredictor,
         membrane_threshold: float | None = None,
         cells: CellLabeller | None = None,
     ) -> None:
-        self.output_dir = output_dir
-        self.cells = cells
-        self.calibration = calibration
+        self.output_dir, self.predictor, self.cells = output_dir, predictor, cells
         self.membrane_threshold = (
             None if membrane_threshold is None else number(membrane_threshold, "membrane_threshold", 0, 1)
         )
-        self.collector = SliceCollector()
         self.summary: dict | None = None
 
-    def attach(self, engine: Engine) -> None:
-        self.collector.attach(engine)
-        engine.add_event_handler(Events.COMPLETED, self._write)
+    def predicted(self, item: dict) -> dict:
+        """A datalist item (``image`` raw section, ``label`` membrane mask, ``slice``) with its membrane probability
+        ``pred`` and its scaled ``image`` (for the figure)."""
+        raw = np.asarray(item["image"])
+        scaled = self.predictor.preprocessing({"image": raw, "intensity_range": None})["image"]
+        return {
+            "slice": int(item["slice"]),
+            "image": np.asarray(scaled)[0],
+            "label": np.asarray(item["label"]),
+            "pred": self.predictor(raw),
+        }
 
-    def _write(self, engine: Engine) -> None:
-        calibration = self.calibration.items if self.calibration is not None else None
+    def run(self, heldout: Sequence[dict], validation: Sequence[dict] | None = None) -> dict:
+        """Predicts the ``heldout`` sections (and the ``validation`` ones, where the threshold is chosen when none
+        is given), scores them and writes the report; returns its summary."""
+        calibration = None
+        if self.membrane_threshold is None and validation:
+            calibration = [self.predicted(item) for item in validation]
+        items = [self.predicted(item) for item in heldout]
         self.summary = write_evaluation_report(
-            self.collector.items, calibration, self.output_dir, self.membrane_threshold, cells=self.cells
-        )
+            items, calibration, self.output_dir, self.membrane_threshold, cells=self.cells
+        )  # fmt: skip
+        return self.summary

@@ -26,7 +26,11 @@ from .flags import number
 
 __all__ = [
     "SLICE_SUFFIXES",
+    "LENGTH_IN_NM",
     "StackError",
+    "TiffWarnings",
+    "read_image_file",
+    "as_sections",
     "list_slice_files",
     "open_tiff_stack",
     "read_stack",
@@ -52,7 +56,7 @@ def _natural_key(path: Path) -> list:
 GRAYSCALE_PIL_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "F")
 
 
-class _LogRecorder(logging.Handler):
+class TiffWarnings(logging.Handler):
     """Collects what tifffile logs while reading: it reports broken pages by logging, not raising."""
 
     def __init__(self) -> None:
@@ -98,7 +102,7 @@ def open_tiff_stack(path: Path) -> tuple[tifffile.TiffFile, tifffile.TiffPageSer
 
 
 def _read_tiff(path: Path) -> np.ndarray:
-    recorder, tiff_logger = _LogRecorder(), logging.getLogger("tifffile")
+    recorder, tiff_logger = TiffWarnings(), logging.getLogger("tifffile")
     tiff_logger.addHandler(recorder)
     try:
         tiff, series = open_tiff_stack(path)
@@ -111,7 +115,8 @@ def _read_tiff(path: Path) -> np.ndarray:
     return array
 
 
-def _read_one_file(path: Path) -> np.ndarray:
+def read_image_file(path: Path) -> np.ndarray:
+    """One image file (TIFF, PNG, ...) as an array, any shape; corrupt, empty and colour files are refused."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             array = _read_tiff(path)
@@ -132,7 +137,7 @@ def _read_one_file(path: Path) -> np.ndarray:
     return array
 
 
-def _as_slices(array: np.ndarray, path: Path, per_slice_file: bool) -> np.ndarray:
+def as_sections(array: np.ndarray, path: Path, per_slice_file: bool) -> np.ndarray:
     """Return ``array`` as (Z, H, W); reject colour images with a clear message."""
     colour = array.ndim == 4 or (array.ndim == 3 and array.shape[-1] in (3, 4) and min(array.shape[:2]) > 4)
     if colour or (per_slice_file and array.ndim != 2):
@@ -174,9 +179,9 @@ def read_stack(path: str | Path) -> np.ndarray:
     if not path.exists():
         raise StackError(f"{path}: no such file or folder")
     if path.is_file():
-        return _as_slices(_read_one_file(path), path, per_slice_file=False)
+        return as_sections(read_image_file(path), path, per_slice_file=False)
     files = list_slice_files(path)
-    slices = [_as_slices(_read_one_file(f), f, per_slice_file=True)[0] for f in files]
+    slices = [as_sections(read_image_file(f), f, per_slice_file=True)[0] for f in files]
     first = slices[0]
     for file, image in zip(files, slices, strict=True):
         if image.shape != first.shape or image.dtype != first.dtype:
@@ -261,7 +266,8 @@ def read_membrane_index_labels(path: str | Path) -> np.ndarray:
     return labels.astype(np.uint8)
 
 
-_LENGTH_IN_NM = {
+#: the length units of TIFF and OME metadata, in nanometres
+LENGTH_IN_NM = {
     "nm": 1.0,
     "nanometer": 1.0,
     "µm": 1e3,
@@ -289,7 +295,7 @@ def _ome_pixel_size(ome_xml: str) -> tuple[float, float] | None:
             for axis in ("Y", "X"):
                 size = float(element.attrib.get(f"PhysicalSize{axis}", element.attrib["PhysicalSizeX"]))
                 unit = element.attrib.get(f"PhysicalSize{axis}Unit", "µm")
-                sizes.append(size * _LENGTH_IN_NM.get(unit, float("nan")))
+                sizes.append(size * LENGTH_IN_NM.get(unit, float("nan")))
             return tuple(sizes) if np.isfinite(sizes).all() else None
     return None
 
@@ -303,7 +309,7 @@ def _tiff_pixel_size(path: Path) -> tuple[float, float] | None:
             return None
         unit = _RESOLUTION_UNIT_NM.get(int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2)
         if tiff.is_imagej and tiff.imagej_metadata and "unit" in tiff.imagej_metadata:
-            unit = _LENGTH_IN_NM.get(str(tiff.imagej_metadata["unit"]).strip().lower())
+            unit = LENGTH_IN_NM.get(str(tiff.imagej_metadata["unit"]).strip().lower())
         if unit is None:
             return None
         (y_count, y_length), (x_count, x_length) = tags["YResolution"].value, tags["XResolution"].value

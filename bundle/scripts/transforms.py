@@ -1,5 +1,5 @@
-"""Transforms the MONAI set lacks, as array + dictionary pairs: reading datalist items given as file paths, and the
-U-Net paper's border weights.
+"""Transforms the MONAI set lacks: reading datalist items given as file paths, scaling a section (or a tile of it)
+with the section's intensity range, and the U-Net paper's border weights.
 
 Border weights: V_rand punishes a gap in a membrane far more than a slightly misplaced line, since one missing
 pixel between two cells merges them, and the thin membranes between touching cells are where the network is
@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Transform
+from monai.transforms import MapTransform, ScaleIntensityRange, Transform
 from scipy.ndimage import distance_transform_edt, find_objects
 from skimage.measure import label as connected_components
 
 from .stack_io import StackError, read_membrane_index_labels, read_slice
 
-__all__ = ["LoadSlice", "LoadSliced", "border_weight_map", "BorderWeight", "BorderWeightd"]
+__all__ = ["LoadSlice", "LoadSliced", "ScaleSectionIntensityd", "border_weight_map", "BorderWeight", "BorderWeightd"]
 
 
 class LoadSlice(Transform):
@@ -89,6 +89,33 @@ class LoadSliced(MapTransform):
                 f"{_source(data[self.label_key])}: label is {np.shape(label)} but its image "
                 f"{_source(data['image'])} is {np.shape(image)}; they must match"
             )
+        return item
+
+
+class ScaleSectionIntensityd(MapTransform):
+    """Scales an image to [0, 1] with its section's minimum and maximum intensity, as float32.
+
+    A whole section is scaled with its own range, as ``ScaleIntensityd(minv=0, maxv=1)`` does. A tile of a section
+    (blockwise inference of large sections) carries its section's range under ``range_key``, so each tile is
+    scaled as the whole section would be. A constant section becomes 0.
+
+    Args:
+        keys: keys of the images to scale.
+        range_key: the item's key holding ``(minimum, maximum)`` of the section, when the image is part of one.
+        allow_missing_keys: do not raise for keys missing from an item.
+    """
+
+    def __init__(self, keys: KeysCollection, range_key: str = "intensity_range", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.range_key = range_key
+
+    def __call__(self, data: dict) -> dict:
+        item = dict(data)
+        for key in self.key_iterator(item):
+            image = torch.as_tensor(item[key], dtype=torch.float32)
+            low, high = item[self.range_key] if item.get(self.range_key) is not None else (image.min(), image.max())
+            low, high = float(low), float(high)
+            item[key] = ScaleIntensityRange(low, high, 0.0, 1.0)(image) if high > low else image - low
         return item
 
 

@@ -8,7 +8,8 @@
 * an OME-Zarr image (NGFF 0.4 or 0.5), read with ome-zarr-py: level 0 of the first multiscale image, with its
   pixel size from the ``coordinateTransformations``; axes other than z, y, x must have length 1.
 
-A :class:`Volume` is a (Z, H, W) ``dask.array`` plus the file it came from, its pixel size and its kind.
+A :class:`Volume` is a (Z, H, W) ``dask.array`` plus the file it came from, its pixel size and its kind; indexed,
+it is a dataset of its sections (inference.json's ``dataset``).
 :meth:`Volume.read` reads one block and checks it (corrupt pages, slices that do not match, NaN), raising
 :class:`~scripts.stack_io.StackError` naming the file and the section. :func:`create_ome_zarr` and
 :func:`write_ome_zarr_metadata` write the NGFF image-with-labels layout through ome-zarr-py.
@@ -28,14 +29,14 @@ import numpy as np
 
 from .errors import InputError
 from .stack_io import (
-    _LENGTH_IN_NM,
+    LENGTH_IN_NM,
     SLICE_SUFFIXES,
     StackError,
-    _as_slices,
-    _LogRecorder,
-    _read_one_file,
+    TiffWarnings,
+    as_sections,
     list_slice_files,
     open_tiff_stack,
+    read_image_file,
 )
 from .stack_io import read_pixel_size as read_stack_pixel_size
 
@@ -78,6 +79,15 @@ class Volume:
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(size) for size in self.array.shape)
 
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        """Section ``z``, whole and checked (a volume is a map-style dataset of its sections)."""
+        if not -len(self) <= z < len(self):
+            raise IndexError(f"{self.path}: has {len(self)} sections, no section {z}")
+        return self.read(z % len(self))
+
     def read(self, z: int, rows: slice = slice(None), columns: slice = slice(None)) -> np.ndarray:
         """Section ``z``'s pixels in ``rows`` x ``columns`` as a numpy array, checked.
 
@@ -92,7 +102,7 @@ class Volume:
             StackError: the block cannot be decoded (corrupt page or chunk, a slice of another shape) or holds NaN.
             OSError: the file system failed to read it (unchanged, so that a run can tell it from bad data).
         """
-        recorder, tiff_logger = _LogRecorder(), logging.getLogger("tifffile")
+        recorder, tiff_logger = TiffWarnings(), logging.getLogger("tifffile")
         tiff_logger.addHandler(recorder)
         try:
             if self.region_reader is not None:
@@ -150,7 +160,7 @@ def _zarr_reader(array) -> Callable[[int, slice, slice], np.ndarray]:
 def _open_tiff(path: Path) -> tuple[da.Array, Callable[[int, slice, slice], np.ndarray]]:
     import zarr
 
-    recorder, tiff_logger = _LogRecorder(), logging.getLogger("tifffile")
+    recorder, tiff_logger = TiffWarnings(), logging.getLogger("tifffile")
     tiff_logger.addHandler(recorder)  # tifffile reports broken pages by logging, not raising
     try:
         tiff, series = open_tiff_stack(path)
@@ -182,10 +192,10 @@ def _open_tiff(path: Path) -> tuple[da.Array, Callable[[int, slice, slice], np.n
 
 def _open_folder(path: Path) -> tuple[da.Array, Callable[[int], np.ndarray]]:
     files = list_slice_files(path)
-    first = _as_slices(_read_one_file(files[0]), files[0], per_slice_file=True)[0]
+    first = as_sections(read_image_file(files[0]), files[0], per_slice_file=True)[0]
 
     def read(file: Path) -> np.ndarray:
-        image = _as_slices(_read_one_file(file), file, per_slice_file=True)[0]
+        image = as_sections(read_image_file(file), file, per_slice_file=True)[0]
         if image.shape != first.shape or image.dtype != first.dtype:
             raise StackError(
                 f"{file}: slice is {image.shape} {image.dtype}, but the first slice of {path} is "
@@ -224,7 +234,7 @@ def _open_ome_zarr(path: Path) -> tuple[da.Array, tuple[float, float] | None]:
         sizes = []
         for name in ("y", "x"):
             unit = axes[names.index(name)].get("unit")
-            sizes.append(float(scale[names.index(name)]) * _LENGTH_IN_NM.get(unit, float("nan")) if unit else np.nan)
+            sizes.append(float(scale[names.index(name)]) * LENGTH_IN_NM.get(unit, float("nan")) if unit else np.nan)
         pixel_size = tuple(sizes) if np.isfinite(sizes).all() else None
     return (array if array.ndim == 3 else array[None]), pixel_size
 
@@ -265,7 +275,7 @@ def open_volume(path: str | Path) -> Volume:
         array, reader = _open_tiff(path)
         return Volume(path, array, read_stack_pixel_size(path), "tif", reader)
     if path.suffix.lower() in SLICE_SUFFIXES:
-        section = _as_slices(_read_one_file(path), path, per_slice_file=True)
+        section = as_sections(read_image_file(path), path, per_slice_file=True)
         return Volume(path, da.from_array(section, chunks=(1, *section.shape[1:])), None, "image")
     raise StackError(
         f"{path}: is not a TIFF, PNG, folder of slices, Zarr array or OME-Zarr image "
@@ -317,6 +327,9 @@ def _ngff_format(version: str):
 def create_ome_zarr(path: str | Path, shape, chunks, image_dtype, label_dtype=np.uint32, version: str = "0.5"):
     """An NGFF image group at ``path``: the image array ``0`` and the label array ``labels/cells/0``, empty.
 
+    A float image is stored uncompressed (a probability map compresses by about a tenth, at several times the
+    cost of writing it); the labels are compressed with Zarr's default codec.
+
     Returns:
         (root group, image array, label array); the metadata follows with :func:`write_ome_zarr_metadata` once the
         arrays are complete.
@@ -330,7 +343,8 @@ def create_ome_zarr(path: str | Path, shape, chunks, image_dtype, label_dtype=np
         options["dimension_names"] = ["z", "y", "x"]
     else:  # NGFF 0.4 keeps '/' between chunk indices
         options["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
-    image = root.create_array("0", dtype=image_dtype, **options)
+    floating = np.issubdtype(image_dtype, np.floating)
+    image = root.create_array("0", dtype=image_dtype, compressors=None if floating else "auto", **options)
     labels = root.require_group("labels").require_group("cells").create_array("0", dtype=label_dtype, **options)
     return root, image, labels
 

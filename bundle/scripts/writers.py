@@ -1,4 +1,4 @@
-"""Writing results: atomic files, the slices an evaluator produced, and the inference stacks."""
+"""Writing results: atomic files, a lock on a run's outputs, CSV bytes."""
 
 from __future__ import annotations
 
@@ -7,23 +7,17 @@ import csv
 import datetime
 import fcntl
 import io
-import logging
 import os
 import socket
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import tifffile
-import torch
-from ignite.engine import Engine, Events
 
-from .cells import CellLabeller, cell_table
 from .errors import InputError
-from .flags import flag, number
 
-__all__ = ["atomic_write", "OutputLocked", "output_lock", "tiff_bytes", "csv_bytes", "SliceCollector", "StackWriter"]
+__all__ = ["atomic_write", "OutputLocked", "output_lock", "csv_bytes"]
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -88,18 +82,6 @@ def output_lock(path: Path, what: str) -> Iterator[None]:
         os.close(handle)
 
 
-def tiff_bytes(stack: np.ndarray, pixel_size: Sequence[float] | None = None) -> bytes:
-    """A (Z, H, W) stack as a zlib-compressed grayscale TIFF, with resolution tags when the (y, x) pixel size in nm
-    is known (so Fiji, napari and :func:`scripts.stack_io.read_pixel_size` read it back)."""
-    options = {}
-    if pixel_size is not None:
-        y_nm, x_nm = (float(size) for size in pixel_size)
-        options = {"resolution": (1e7 / x_nm, 1e7 / y_nm), "resolutionunit": "CENTIMETER"}
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, stack, photometric="minisblack", compression="zlib", metadata={"axes": "ZYX"}, **options)
-    return buffer.getvalue()
-
-
 def csv_bytes(columns: dict[str, np.ndarray]) -> bytes:
     """Equal-length columns as CSV with a header row; integers as integers, floats to 10 significant digits."""
     buffer = io.StringIO()
@@ -111,127 +93,3 @@ def csv_bytes(columns: dict[str, np.ndarray]) -> bytes:
     ]
     writer.writerows(zip(*formatted, strict=True))
     return buffer.getvalue().encode()
-
-
-def _item_arrays(engine: Engine) -> list[dict]:
-    """The current iteration's decollated items as (H, W) numpy arrays: image, pred and, where present, label and
-    raw_image (the intensities before scaling), with the slice index."""
-    items = []
-    for batch_item, output_item in zip(engine.state.batch, engine.state.output, strict=True):
-        item = {"slice": int(batch_item["slice"]), "pred": output_item["pred"].detach().float().cpu().numpy()[0]}
-        for key in ("image", "label", "raw_image"):
-            if key in batch_item:
-                item[key] = torch.as_tensor(batch_item[key]).detach().cpu().numpy()[0]
-        items.append(item)
-    return items
-
-
-class SliceCollector:
-    """Keeps every slice an evaluator processed (image, label, membrane probability), ordered by slice index.
-
-    Needs ``decollate=True`` (the default) and a ``slice`` key in each data item.
-    """
-
-    def __init__(self) -> None:
-        self.items: list[dict] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self.items.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self.items.extend(_item_arrays(e)))
-        # registered before any handler that reads the items at COMPLETED (e.g. StackWriter)
-        engine.add_event_handler(Events.COMPLETED, lambda _: self.items.sort(key=lambda item: item["slice"]))
-
-
-class StackWriter:
-    """Writes an inference run's sections as TIFF stacks and its cells as a table once the evaluator finishes.
-
-    Files (``<name>`` = the input file's stem or folder name):
-
-    * ``<name>_membrane_probability.tif``: float32 (Z, H, W), membrane probability ``p`` in [0, 1];
-    * ``<name>_segmentation.tif``: uint8 (Z, H, W), 255 = cell interior, 0 = membrane (the labels' convention),
-      membrane where ``p >= membrane_threshold``;
-    * ``<name>_cells.tif``: uint32 (Z, H, W), one id per cell, unique across the stack, 0 = membrane lines
-      (``cells``, each section in 2D);
-    * ``<name>_cells.csv``: one row per cell (:func:`scripts.cells.cell_table`), intensities of the raw image;
-    * with ``challenge_submission`` also ``<name>_isbi2012_submission.tif``: float32 interior probability
-      ``1 - p``, the map the ISBI 2012 scorer expects.
-
-    TIFFs carry the pixel size when it is known. Every file is encoded before the first is written, and each
-    is written atomically, so a failed run leaves no partial set of files. Probabilities that are not finite (a
-    diverged network) stop the run unwritten.
-
-    Args:
-        output_dir: folder for the files (created when writing).
-        name: base name of the files.
-        membrane_threshold: membrane where the probability is at least this.
-        challenge_submission: also write the ISBI 2012 submission stack (a flag, see :func:`scripts.flags.flag`).
-        pixel_size: (y, x) pixel size in nm, or None (tables in pixel units only).
-        cells: how sections become cells (default: the components of the map thresholded at ``membrane_threshold``).
-    """
-
-    def __init__(
-        self,
-        output_dir: str | Path,
-        name: str,
-        membrane_threshold: float = 0.5,
-        challenge_submission: bool | str = False,
-        pixel_size: Sequence[float] | None = None,
-        cells: CellLabeller | None = None,
-    ) -> None:
-        self.output_dir = Path(output_dir)
-        self.name = name
-        self.membrane_threshold = number(membrane_threshold, "membrane_threshold", 0, 1)
-        self.challenge_submission = flag(challenge_submission, "challenge_submission")
-        self.pixel_size = _checked_pixel_size(pixel_size)
-        self.cells = cells if cells is not None else CellLabeller(membrane_threshold=self.membrane_threshold)
-        self.collector = SliceCollector()
-        self.written: list[Path] = []
-
-    def attach(self, engine: Engine) -> None:
-        self.collector.attach(engine)
-        engine.add_event_handler(Events.COMPLETED, self._write)
-
-    def _write(self, engine: Engine) -> None:
-        items = self.collector.items
-        probability = np.stack([item["pred"] for item in items]).astype(np.float32)
-        if not np.isfinite(probability).all():
-            bad = sorted({int(item["slice"]) for item in items if not np.isfinite(item["pred"]).all()})
-            raise InputError(
-                f"{self.name}: the network gave NaN or infinite membrane probabilities on sections {bad[:10]}; "
-                "check the weights (--model_path) and the input; nothing was written"
-            )
-        cells = self.cells.stack(probability)
-        raw = np.stack([item.get("raw_image", item["image"]) for item in items])
-        stacks = {
-            "membrane_probability": probability,
-            "segmentation": np.where(probability >= self.membrane_threshold, 0, 255).astype(np.uint8),
-            "cells": cells,
-        }
-        if self.challenge_submission:
-            stacks["isbi2012_submission"] = 1.0 - probability
-        encoded = {
-            self.output_dir / f"{self.name}_{suffix}.tif": tiff_bytes(s, self.pixel_size)
-            for suffix, s in stacks.items()
-        }
-        encoded[self.output_dir / f"{self.name}_cells.csv"] = csv_bytes(cell_table(cells, raw, self.pixel_size))
-        for path, data in encoded.items():
-            atomic_write(path, data)
-        self.written = list(encoded)
-        logging.getLogger("StackWriter").info(
-            "wrote %s (%d sections of %dx%d, %d cells)",
-            ", ".join(str(p) for p in self.written),
-            *probability.shape,
-            int(cells.max()),
-        )
-
-
-def _checked_pixel_size(pixel_size: Sequence[float] | None) -> tuple[float, float] | None:
-    if pixel_size is None:
-        return None
-    try:
-        sizes = tuple(float(size) for size in pixel_size)
-    except (TypeError, ValueError):
-        sizes = ()
-    if len(sizes) != 2 or not all(np.isfinite(sizes)) or min(sizes) <= 0:
-        raise InputError(f"--pixel_size: {pixel_size!r} is not a (y, x) pixel size in nm, e.g. '[4, 4]'")
-    return sizes

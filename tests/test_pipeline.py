@@ -1,0 +1,107 @@
+"""The per-block work: the declared pipeline as one function, tiles predicted exactly as their section, and one
+block's cells and table rows."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import DATA, bundle_config
+from monai.inferers import SlidingWindowInferer
+from monai.networks.nets import UNet
+from monai.transforms import Activationsd, Compose, EnsureChannelFirstd, ScaleIntensity
+
+from scripts.blockwise import Block, plan_blocks, prediction_region
+from scripts.cell_table import CellTable, section_table
+from scripts.cells import CellLabeller
+from scripts.errors import InputError
+from scripts.pipeline import SectionPredictor, label_block, predict_block, process_block
+from scripts.stack_io import read_stack
+from scripts.transforms import ScaleSectionIntensityd
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    network = UNet(2, 1, 1, channels=(4, 8, 16), strides=(2, 2), num_res_units=1, norm="instance")
+    preprocessing = Compose([EnsureChannelFirstd("image", channel_dim="no_channel"), ScaleSectionIntensityd("image")])
+    window = SlidingWindowInferer(roi_size=(64, 64), overlap=0.25, mode="gaussian")
+    return SectionPredictor(network, window, preprocessing, Activationsd("pred", sigmoid=True))
+
+
+def test_the_predictor_is_the_declared_pieces_in_order(predictor):
+    """Min-max scaling, the sliding window over the network, and the sigmoid, as MONAI's own pieces compute them."""
+    section = np.random.default_rng(0).integers(20, 230, (100, 90)).astype(np.uint8)
+    with torch.no_grad():
+        scaled = ScaleIntensity(minv=0.0, maxv=1.0)(torch.as_tensor(section[None].astype(np.float32)))
+        expected = torch.sigmoid(predictor.inferer(torch.as_tensor(scaled)[None], predictor.network))[0, 0].numpy()
+    probability = predictor(section)
+    assert probability.dtype == np.float32 and probability.shape == section.shape
+    np.testing.assert_allclose(probability, expected, atol=1e-6)
+
+
+def test_tiles_are_predicted_as_their_whole_section(predictor):
+    """The seam test: every tile, run on its aligned region with its section's range, gives the whole section's
+    probability."""
+    section = np.random.default_rng(1).integers(20, 230, (230, 250)).astype(np.uint8)
+    whole = predictor(section)
+    tiled = np.full(section.shape, np.nan, dtype=np.float32)
+    section_range = (float(section.min()), float(section.max()))
+    for block in plan_blocks((1, *section.shape), 90):
+        rows, columns = prediction_region(block, section.shape, (64, 64), 0.25, cell_halo=0)
+        assert (rows.stop - rows.start, columns.stop - columns.start) < section.shape  # a real tile, not the section
+        probability = predictor(section[rows, columns], section_range)
+        tiled[block.region] = probability[
+            block.y0 - rows.start : block.y1 - rows.start, block.x0 - columns.start : block.x1 - columns.start
+        ]
+    assert np.abs(tiled - whole).max() <= 1e-4
+
+
+def test_a_whole_section_block_is_the_section_its_cells_and_their_table(predictor):
+    section = read_stack(DATA / "test-volume.tif")[0][:200, :180]
+    cells, table = CellLabeller(membrane_threshold=0.5, min_size=16), CellTable(pixel_size=(4, 4))
+
+    def read(z, rows, columns):
+        assert z == 0
+        return section[rows, columns]
+
+    block = Block(0, 0, 200, 0, 180)
+    result = process_block(block, read, predictor, cells, table, section.shape)
+    probability = predictor(section)
+    np.testing.assert_array_equal(result.probability, probability)
+    np.testing.assert_array_equal(result.cells, cells(probability))
+    assert result.seams == {} and len(result.touching) == 0 and result.count == result.cells.max() > 3
+    expected = section_table(result.cells, section, (4, 4))
+    assert set(result.table) == {*expected, "section"} and (result.table["section"] == 0).all()
+    for column, values in expected.items():
+        np.testing.assert_array_equal(result.table[column], values)
+
+
+def test_a_tile_leaves_the_cells_a_seam_may_cut_out_of_its_rows(predictor):
+    section = read_stack(DATA / "test-volume.tif")[0][:200, :200]
+    cells, table = CellLabeller(membrane_threshold=0.5), CellTable()
+    block = Block(0, 0, 100, 0, 100)  # the top-left tile of four
+    raw, probability, origin = predict_block(
+        block, lambda z, rows, columns: section[rows, columns], predictor, section.shape, (0, 255), cell_halo=32
+    )
+    assert origin == (0, 0) and probability.shape == raw.shape and raw.shape > (100, 100)
+    result = label_block(block, raw, probability, origin, section.shape, cells, table, band=4)
+    assert set(result.seams) == {"below", "right"} and len(result.touching)
+    cut = set(result.touching[:, 0].tolist())
+    assert cut and not cut & set(result.table["id"].tolist())  # measured once stitched, not here
+    assert set(result.table["id"].tolist()) | cut == set(np.unique(result.cells[result.cells > 0]).tolist())
+
+
+def test_nan_probabilities_stop_the_block(predictor):
+    broken = SectionPredictor(
+        predictor.network, predictor.inferer, predictor.preprocessing, lambda item: {"pred": item["pred"] * np.nan}
+    )
+    with pytest.raises(InputError, match=r"block \(section 0, rows 0:64, columns 0:64\): the network gave NaN"):
+        predict_block(Block(0, 0, 64, 0, 64), lambda z, r, c: np.ones((64, 64)), broken, (64, 64), None, 0)
+
+
+def test_the_inference_config_builds_its_predictor_from_its_declared_pieces():
+    config = bundle_config(["configs/inference.json"], {"device": "cpu"})
+    predictor = config.get_parsed_content("predictor")
+    assert predictor.preprocessing is config.get_parsed_content("preprocessing")
+    assert predictor.inferer is config.get_parsed_content("inferer")
+    assert predictor.postprocessing is config.get_parsed_content("postprocessing")
+    assert predictor.network is config.get_parsed_content("network") and not predictor.amp
