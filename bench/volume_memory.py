@@ -1,4 +1,4 @@
-"""Peak memory and speed of inference on large volumes: blockwise on Dask (the default) against in memory.
+"""Peak memory and speed of inference on large volumes, in one process and on 2 Dask worker processes.
 
 Builds volumes from the shipped test volume, its 512x512 sections tiled 2 x 2 into 1024x1024 and repeated
 (``sections x 1024 x 1024`` uint8, uncompressed TIFF, written page by page), then runs the real command on each
@@ -8,12 +8,10 @@ Builds volumes from the shipped test volume, its 512x512 sections tiled 2 x 2 in
 and samples the resident memory of the command and every process it starts (Dask workers included) every
 50 ms: the peak of their sum is the peak RSS. Cases:
 
-* blockwise, 1 worker, on 120 and on 480 sections (the memory must not grow with the volume);
-* blockwise with 2 worker processes on 120 sections (the scaling from 1 to 2 workers on this machine);
-* the in-memory path (``run_in_memory``, what ``inferring`` ran before 0.8.0) on 120 sections;
-* throughput on the 30-section test volume, blockwise against in memory, best of ``--repeats`` each.
+* one worker (in this process), on 120 and on 480 sections (the memory must not grow with the volume);
+* 2 Dask worker processes on 120 sections (the scaling from 1 to 2 workers on this machine).
 
-    python bench/volume_memory.py [--sections 120 480] [--repeats 3] [--output docs/results/volumes.json]
+    python bench/volume_memory.py [--sections 120 480] [--output docs/results/volumes.json]
 
 Run it on an otherwise idle machine; it prints the CPU model and flags with the numbers and stores them, with the
 command line, under ``machine`` (about 15 minutes on 2 cores).
@@ -76,9 +74,9 @@ def run_measured(arguments: list[str], log: Path) -> dict:
     return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak / 2**20, 1)}
 
 
-def infer(volume: Path, output: Path, log: Path, run: str = "inferring", **flags) -> dict:
+def infer(volume: Path, output: Path, log: Path, **flags) -> dict:
     shutil.rmtree(output, ignore_errors=True)
-    arguments = [run, "--config_file", "configs/inference.json", "--input_path", str(volume)]
+    arguments = ["inferring", "--config_file", "configs/inference.json", "--input_path", str(volume)]
     arguments += ["--output_dir", str(output)]
     for name, value in flags.items():
         arguments += [f"--{name}", str(value)]
@@ -88,7 +86,6 @@ def infer(volume: Path, output: Path, log: Path, run: str = "inferring", **flags
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", type=int, nargs="+", default=[120, 480])
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=Path("docs/results/volumes.json"))
     args = parser.parse_args()
     description = machine.describe()
@@ -105,17 +102,11 @@ def main() -> None:
 
         for sections in args.sections:
             volume = make_volume(folder / f"volume_{sections}.tif", sections)
-            record("blockwise, 1 worker", sections, infer(volume, folder / "out", folder / f"b{sections}.log"))
+            record("one worker, in process", sections, infer(volume, folder / "out", folder / f"b{sections}.log"))
             if sections == args.sections[0]:
                 two = infer(volume, folder / "out", folder / f"w{sections}.log", dask_workers=2)
-                record("blockwise, 2 worker processes", sections, two)
-                memory = infer(volume, folder / "out", folder / f"m{sections}.log", run="run_in_memory")
-                record("in memory", sections, memory)
+                record("2 Dask worker processes", sections, two)
             volume.unlink()
-        for _ in range(args.repeats):  # alternating, so both see the same machine
-            for case, run in (("blockwise, 1 worker", "inferring"), ("in memory", "run_in_memory")):
-                measured = infer(TEST_VOLUME, folder / "out", folder / "t.log", run=run)
-                record(f"{case}, 30 x 512 x 512 test volume", 30, measured)
     machine.write_json(args.output, results)
 
 

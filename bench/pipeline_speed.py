@@ -1,0 +1,124 @@
+"""The whole inference command against Python's start-up and against the network alone, on this machine's CPU.
+
+One run measures:
+
+1. start-up: ``python -c "import torch, monai.bundle"``, best of ``--repeats``;
+2. the default command, ``python -m monai.bundle run inferring --config_file configs/inference.json`` on the shipped
+   30-section test volume, best of ``--repeats`` (wall time and the peak RSS of its process tree), alternating with
+   the start-up so both see the same machine;
+3. a ``--sections`` x 1024 x 1024 volume (the test volume's sections tiled 2 x 2, repeated, as
+   ``bench/volume_memory.py`` builds it) through the same command once: its pipeline throughput is
+   ``sections / (wall - start-up)``, everything after Python's start-up counted (reading, network, cells, table,
+   writing, finishing);
+4. the network alone on the same 1024 x 1024 sections in this process: inference.json's own predictor
+   (scaling, sliding window, sigmoid), at the command's torch threads, best of ``--repeats`` over 4 sections.
+
+It reports the command's time over the start-up, the pipeline's throughput as a fraction of the network's, and
+the peak RSS of each run.
+
+    python bench/pipeline_speed.py [--sections 120] [--repeats 3] [--output docs/results/pipeline_speed.json]
+
+``bench/inference_speed.py`` runs it after its network measurements (unless ``--network-only``). Run it on an
+otherwise idle machine; it stores the machine (CPU model and flags) and the command line with the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+sys.path.insert(0, str(BUNDLE))
+sys.path.insert(0, str(REPO / "bench"))
+
+import machine  # noqa: E402
+from volume_memory import TEST_VOLUME, infer, make_volume  # noqa: E402
+
+from scripts.stack_io import read_stack  # noqa: E402
+
+
+def startup_seconds() -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, monai.bundle"], check=True)
+    return time.perf_counter() - started
+
+
+def network_sections_per_second(repeats: int) -> float:
+    """inference.json's predictor alone on 1024 x 1024 sections (the test volume's, tiled 2 x 2), in this process."""
+    from monai.bundle import ConfigParser
+
+    from scripts.checkpoints import load_weights
+
+    config = ConfigParser()
+    config.read_config(str(BUNDLE / "configs" / "inference.json"))
+    config.update({"bundle_root": str(BUNDLE), "device": "cpu"})
+    predictor = config.get_parsed_content("predictor")
+    load_weights(predictor.network, BUNDLE / "models" / "model.pt")
+    sections = [np.tile(section, (2, 2)) for section in read_stack(TEST_VOLUME)[:4]]
+    predictor(sections[0])  # warm-up
+    best = min(
+        timed(lambda: [predictor(section) for section in sections]) for _ in range(repeats)
+    )  # fmt: skip
+    return len(sections) / best
+
+
+def timed(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def measure(sections: int = 120, repeats: int = 3) -> dict:
+    """The measurements of the module docstring, as a dict (also printed)."""
+    results: dict = {"torch_threads": torch.get_num_threads(), "repeats": repeats}
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        startups, commands = [], []
+        for _ in range(repeats):
+            startups.append(startup_seconds())
+            commands.append(infer(TEST_VOLUME, folder / "out", folder / "test.log"))
+        startup = min(startups)
+        best = min(commands, key=lambda measured: measured["seconds"])
+        results["startup_seconds"] = startups
+        results["test_volume"] = {"runs": commands, "best_seconds": best["seconds"]}
+        over = best["seconds"] - startup
+        print(f"start-up {startup:.2f} s; the command on the 30-section test volume {best['seconds']:.2f} s "
+              f"({over:.2f} s more), peak RSS {best['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+        results["test_volume"]["seconds_over_startup"] = over
+
+        volume = make_volume(folder / f"volume_{sections}.tif", sections)
+        large = infer(volume, folder / "out", folder / "large.log")
+        volume.unlink()
+        pipeline = sections / (large["seconds"] - startup)
+        network = network_sections_per_second(repeats)
+        results["large_volume"] = {
+            "shape": [sections, 1024, 1024], **large, "pipeline_sections_per_second": pipeline,
+            "network_sections_per_second": network, "pipeline_over_network": pipeline / network,
+        }  # fmt: skip
+        print(f"{sections} x 1024 x 1024: {large['seconds']:.1f} s, peak RSS {large['peak_rss_mb']:.0f} MB; pipeline "
+              f"{pipeline:.2f} sections/s, network alone {network:.2f} sections/s: {pipeline / network:.2f} of the "
+              "network's pace", flush=True)  # fmt: skip
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", type=int, default=120)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "results" / "pipeline_speed.json")
+    args = parser.parse_args()
+    description = machine.describe()
+    print(machine.summary(description), flush=True)
+    machine.write_json(args.output, {**measure(args.sections, args.repeats), "machine": description})
+
+
+if __name__ == "__main__":
+    main()
