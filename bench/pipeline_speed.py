@@ -11,12 +11,20 @@ One run measures:
    ``sections / (wall - start-up)``, everything after Python's start-up counted (reading, network, cells, table,
    writing, finishing);
 4. the network alone on the same 1024 x 1024 sections in this process: inference.json's own predictor
-   (scaling, sliding window, sigmoid), at the command's torch threads, best of ``--repeats`` over 4 sections.
+   (scaling, sliding window, sigmoid), at the command's torch threads, best of ``--repeats`` over 4 sections;
+5. where the command's time goes, in this process on the test volume: building the config's components, the
+   blocks, finishing; and the blocks run three ways: as ``LocalRunner`` runs them (the network on cores - 1
+   threads beside a thread for the cells), one step after the other on every core, and overlapped with the
+   network on every core.
 
 It reports the command's time over the start-up, the pipeline's throughput as a fraction of the network's, and
 the peak RSS of each run.
 
     python bench/pipeline_speed.py [--sections 120] [--repeats 3] [--output docs/results/pipeline_speed.json]
+    python bench/pipeline_speed.py --bundle /tmp/emseg-0.10.0/bundle --output docs/results/pipeline_speed_0.10.0.json
+
+``--bundle`` times the command of another checkout's bundle (e.g. ``git worktree add /tmp/emseg-0.10.0 94d7cae``)
+the same way, parts 1 to 3 only: an earlier version on the same machine, as the baseline.
 
 ``bench/inference_speed.py`` runs it after its network measurements (unless ``--network-only``). Run it on an
 otherwise idle machine; it stores the machine (CPU model and flags) and the command line with the numbers.
@@ -25,6 +33,7 @@ otherwise idle machine; it stores the machine (CPU model and flags) and the comm
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 import sys
 import tempfile
@@ -70,21 +79,71 @@ def network_sections_per_second(repeats: int) -> float:
     return len(sections) / best
 
 
+def phases(repeats: int) -> dict:
+    """Seconds of each phase of the test volume's run in this process (best of ``repeats``), and of its blocks
+    under three schedules of the network and the cells."""
+    import shutil
+
+    from monai.bundle import ConfigParser
+
+    from scripts import volumes
+
+    def sequential(runner, blocks, task):  # no second thread: each block's steps one after the other
+        for block in blocks:
+            task.finish(block, task.predict(block, runner.predictor))
+            yield block
+
+    def every_core(runner, blocks, task):  # the cells' thread beside a network on every core
+        yield from runner._overlapped(blocks, task)
+
+    schedules = {
+        "LocalRunner": volumes.LocalRunner.run,
+        "one after the other": sequential,
+        "both on every core": every_core,
+    }
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(repeats):
+            for name, schedule in schedules.items():
+                started = time.perf_counter()
+                config = ConfigParser()
+                config.read_config(str(BUNDLE / "configs" / "inference.json"))
+                config.update({"bundle_root": str(BUNDLE), "output_dir": folder})
+                config.get_parsed_content("initialize")
+                evaluator = config.get_parsed_content("evaluator")
+                built = time.perf_counter()
+                volume = evaluator.volume
+                blocks = volumes.plan_blocks(volume.shape, evaluator.block_size)
+                runner = volumes.LocalRunner(evaluator.predictor)
+                runner.run = functools.partial(schedule, runner)
+                evaluator.runner = runner
+                evaluator._prepare_work(volume, blocks)
+                evaluator._compute(volume, blocks)
+                computed = time.perf_counter()
+                evaluator.finish(volume, blocks)
+                finished = time.perf_counter()
+                shutil.rmtree(Path(folder), ignore_errors=True)
+                for phase, seconds in ((f"blocks, {name}", computed - built), ("build", built - started),
+                                       ("finish", finished - computed)):  # fmt: skip
+                    best[phase] = min(best.get(phase, float("inf")), seconds)
+    return best
+
+
 def timed(call) -> float:
     started = time.perf_counter()
     call()
     return time.perf_counter() - started
 
 
-def measure(sections: int = 120, repeats: int = 3) -> dict:
-    """The measurements of the module docstring, as a dict (also printed)."""
+def measure(sections: int = 120, repeats: int = 3, bundle: Path = BUNDLE) -> dict:
+    """The measurements of the module docstring, as a dict (also printed); for another ``bundle``, parts 1 to 3."""
     results: dict = {"torch_threads": torch.get_num_threads(), "repeats": repeats}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         startups, commands = [], []
         for _ in range(repeats):
             startups.append(startup_seconds())
-            commands.append(infer(TEST_VOLUME, folder / "out", folder / "test.log"))
+            commands.append(infer(TEST_VOLUME, folder / "out", folder / "test.log", bundle))
         startup = min(startups)
         best = min(commands, key=lambda measured: measured["seconds"])
         results["startup_seconds"] = startups
@@ -95,9 +154,18 @@ def measure(sections: int = 120, repeats: int = 3) -> dict:
         results["test_volume"]["seconds_over_startup"] = over
 
         volume = make_volume(folder / f"volume_{sections}.tif", sections)
-        large = infer(volume, folder / "out", folder / "large.log")
+        large = infer(volume, folder / "out", folder / "large.log", bundle)
         volume.unlink()
         pipeline = sections / (large["seconds"] - startup)
+        if bundle != BUNDLE:
+            results["large_volume"] = {
+                "shape": [sections, 1024, 1024],
+                **large,
+                "pipeline_sections_per_second": pipeline,
+            }
+            print(f"{sections} x 1024 x 1024: {large['seconds']:.1f} s, peak RSS {large['peak_rss_mb']:.0f} MB; "
+                  f"pipeline {pipeline:.2f} sections/s", flush=True)  # fmt: skip
+            return results
         network = network_sections_per_second(repeats)
         results["large_volume"] = {
             "shape": [sections, 1024, 1024], **large, "pipeline_sections_per_second": pipeline,
@@ -106,6 +174,9 @@ def measure(sections: int = 120, repeats: int = 3) -> dict:
         print(f"{sections} x 1024 x 1024: {large['seconds']:.1f} s, peak RSS {large['peak_rss_mb']:.0f} MB; pipeline "
               f"{pipeline:.2f} sections/s, network alone {network:.2f} sections/s: {pipeline / network:.2f} of the "
               "network's pace", flush=True)  # fmt: skip
+    results["phases_seconds"] = phases(repeats)
+    for phase, seconds in results["phases_seconds"].items():
+        print(f"test volume in this process, {phase}: {seconds:.2f} s", flush=True)
     return results
 
 
@@ -113,11 +184,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bundle", type=Path, default=BUNDLE, help="the bundle folder whose command is timed")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "results" / "pipeline_speed.json")
     args = parser.parse_args()
     description = machine.describe()
     print(machine.summary(description), flush=True)
-    machine.write_json(args.output, {**measure(args.sections, args.repeats), "machine": description})
+    results = measure(args.sections, args.repeats, args.bundle.resolve())
+    machine.write_json(args.output, {**results, "bundle": str(args.bundle), "machine": description})
 
 
 if __name__ == "__main__":

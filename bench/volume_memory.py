@@ -52,12 +52,13 @@ def make_volume(path: Path, sections: int) -> Path:
     return path
 
 
-def run_measured(arguments: list[str], log: Path) -> dict:
-    """Runs ``python -m monai.bundle run ...`` in bundle/: its wall time and the peak RSS of its process tree."""
+def run_measured(arguments: list[str], log: Path, bundle: Path = BUNDLE) -> dict:
+    """Runs ``python -m monai.bundle run ...`` in ``bundle`` (this checkout's bundle/ by default): its wall time and
+    the peak RSS of its process tree."""
     command = [sys.executable, "-m", "monai.bundle", "run", *arguments, "--logging_file", "configs/logging.conf"]
     started = time.perf_counter()
     with log.open("w") as stream:
-        process = subprocess.Popen(command, cwd=BUNDLE, stdout=stream, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=bundle, stdout=stream, stderr=subprocess.STDOUT)
         root, peak = psutil.Process(process.pid), 0
         while process.poll() is None:
             total = 0
@@ -74,13 +75,13 @@ def run_measured(arguments: list[str], log: Path) -> dict:
     return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak / 2**20, 1)}
 
 
-def infer(volume: Path, output: Path, log: Path, **flags) -> dict:
+def infer(volume: Path, output: Path, log: Path, bundle: Path = BUNDLE, **flags) -> dict:
     shutil.rmtree(output, ignore_errors=True)
     arguments = ["inferring", "--config_file", "configs/inference.json", "--input_path", str(volume)]
     arguments += ["--output_dir", str(output)]
     for name, value in flags.items():
         arguments += [f"--{name}", str(value)]
-    return run_measured(arguments, log)
+    return run_measured(arguments, log, bundle)
 
 
 def main() -> None:
