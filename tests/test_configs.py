@@ -46,7 +46,8 @@ TRAINED = ["--max_epochs", "3", *TINY_TRAINING, "--num_workers", "1"]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_stack_dir):
-    """A 3-epoch training run on the tiny stack, with its own temporary folder: (output_dir, ckpt_dir, log, tmp).
+    """A 3-epoch training run on the tiny stack, with its own temporary folder: (output_dir, ckpt_dir, log, tmp); the
+    log is stdout, then stderr.
 
     Tests only read it (they pass alone and in any order); a test that trains further copies it first."""
     root = tmp_path_factory.mktemp("train")
@@ -56,7 +57,7 @@ def trained(tmp_path_factory, tiny_stack_dir):
         "training", TRAIN, "--dataset_dir", str(tiny_stack_dir), "--output_dir", str(output_dir),
         "--ckpt_dir", str(ckpt_dir), *TRAINED, env={"TMPDIR": str(temporary)},
     )  # fmt: skip
-    return output_dir, ckpt_dir, result.stdout, temporary
+    return output_dir, ckpt_dir, result.stdout + result.stderr, temporary
 
 
 def test_training_writes_best_and_latest_checkpoints_and_reports_progress(trained):
@@ -93,6 +94,7 @@ def test_a_log_that_is_not_a_terminal_has_one_line_per_epoch(trained):
     epochs = [PROGRESS_LINE.fullmatch(line) for line in _epoch_lines(trained[2])]
     assert all(epochs), _epoch_lines(trained[2])
     assert [match.groups() for match in epochs] == [("1", "3"), ("2", "3"), ("3", "3")]
+    assert "Loading dataset" not in trained[2]  # no progress bar either, not even the dataset cache's
 
 
 def test_the_progress_bar_on_request_goes_to_stderr_and_the_log_keeps_one_line_per_epoch(tiny_stack_dir, tmp_path):

@@ -250,8 +250,8 @@ class VolumeInference:
             if ranges is None:
                 ranges = self.runner.ranges(input_path, blocks)
                 self.work.save_ranges(ranges)
-        task = BlockTask(input_path, str(self.work.path.resolve()), self.cells, self.table, self.cell_halo, self.band)
-        task.ranges = ranges
+        work_path = str(self.work.path.resolve())
+        task = BlockTask(input_path, work_path, self.cells, self.table, self.cell_halo, self.band, ranges)
         done = self.work.done()
         todo = [block for block in blocks if block.name not in done]
         workers = self.runner.worker_count
