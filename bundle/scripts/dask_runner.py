@@ -24,7 +24,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from .blockwise import Block
 from .errors import InputError
 from .pipeline import SectionPredictor
-from .work import BlockTask, block_range
+from .work import BlockTask, block_range, section_ranges
 
 __all__ = ["NetworkPlugin", "DaskRunner", "dask_client", "worker_device", "local_worker_count"]
 
@@ -204,11 +204,7 @@ class DaskRunner:
         """Each section's (minimum, maximum) intensity over its blocks."""
         keys = [f"emseg-range-{self.token}-{block.name}" for block in blocks]
         futures = self.client.map(block_range, [input_path] * len(blocks), blocks, key=keys)
-        ranges: dict[int, tuple[float, float]] = {}
-        for block, (low, high) in zip(blocks, self.client.gather(futures), strict=True):
-            old = ranges.get(block.z, (low, high))
-            ranges[block.z] = (min(old[0], low), max(old[1], high))
-        return ranges
+        return section_ranges(blocks, self.client.gather(futures))
 
     def run(self, blocks: list[Block], task: BlockTask) -> Iterator[Block]:
         """Runs ``task`` on each block; yields each block once its record is written (in any order)."""

@@ -33,7 +33,7 @@ import tifffile
 from .blockwise import Block
 from .errors import InputError
 from .flags import flag, number, pixel_size_flag
-from .volume_io import OME_ZARR_VERSIONS, OUTPUT_FORMATS, write_ome_zarr_metadata
+from .volume_io import OUTPUT_FORMATS, checked_ome_zarr_version, write_ome_zarr_metadata
 
 __all__ = ["TiffOutputs", "OmeZarrOutputs", "volume_outputs", "stitched_cells", "write_pages"]
 
@@ -168,9 +168,7 @@ class OmeZarrOutputs:
     def __init__(
         self, output_dir: str | Path, name: str, version: str = "0.5", pixel_size: Sequence[float] | None = None
     ) -> None:
-        self.output_dir, self.name, self.version = Path(output_dir), name, str(version)
-        if self.version not in OME_ZARR_VERSIONS:
-            raise InputError(f"--ome_zarr_version {version}: must be one of {', '.join(OME_ZARR_VERSIONS)}")
+        self.output_dir, self.name, self.version = Path(output_dir), name, checked_ome_zarr_version(version)
         self.pixel_size = pixel_size_flag(pixel_size)
         self.writing: Path | None = None
 
@@ -214,8 +212,7 @@ def volume_outputs(
 ) -> TiffOutputs | OmeZarrOutputs:
     """The writer of ``output_format`` (``"tif"`` or ``"ome-zarr"``), with the options that format takes; every
     option is checked, used by the format or not."""
-    if str(ome_zarr_version) not in OME_ZARR_VERSIONS:
-        raise InputError(f"--ome_zarr_version {ome_zarr_version}: must be one of {', '.join(OME_ZARR_VERSIONS)}")
+    checked_ome_zarr_version(ome_zarr_version)
     if output_format == "tif":
         return TiffOutputs(output_dir, name, membrane_threshold, challenge_submission, pixel_size)
     if output_format == "ome-zarr":

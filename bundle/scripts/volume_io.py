@@ -49,6 +49,7 @@ __all__ = [
     "default_output_format",
     "OUTPUT_FORMATS",
     "OME_ZARR_VERSIONS",
+    "checked_ome_zarr_version",
     "create_ome_zarr",
     "write_ome_zarr_metadata",
 ]
@@ -312,7 +313,9 @@ def _axes(pixel_size: tuple[float, float] | None) -> list[dict]:
 OME_ZARR_VERSIONS = ("0.5", "0.4")
 
 
-def _checked_version(version: str) -> str:
+def checked_ome_zarr_version(version: str) -> str:
+    """``--ome_zarr_version`` as a string, checked against :data:`OME_ZARR_VERSIONS`."""
+    version = str(version)
     if version not in OME_ZARR_VERSIONS:
         raise InputError(f"--ome_zarr_version {version}: must be one of {', '.join(OME_ZARR_VERSIONS)}")
     return version
@@ -321,7 +324,7 @@ def _checked_version(version: str) -> str:
 def _ngff_format(version: str):
     from ome_zarr.format import FormatV04, FormatV05
 
-    return FormatV05() if _checked_version(version) == "0.5" else FormatV04()
+    return FormatV05() if checked_ome_zarr_version(version) == "0.5" else FormatV04()
 
 
 def create_ome_zarr(path: str | Path, shape, chunks, image_dtype, label_dtype=np.uint32, version: str = "0.5"):
@@ -336,7 +339,9 @@ def create_ome_zarr(path: str | Path, shape, chunks, image_dtype, label_dtype=np
     """
     import zarr
 
-    zarr_format = 3 if _checked_version(version) == "0.5" else 2  # as ome-zarr's FormatV05 / FormatV04, unimported
+    zarr_format = (
+        3 if checked_ome_zarr_version(version) == "0.5" else 2
+    )  # as ome-zarr's FormatV05 / FormatV04, unimported
     root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     options = {"shape": shape, "chunks": chunks, "fill_value": 0}
     if zarr_format == 3:

@@ -38,7 +38,7 @@ from .outputs import OmeZarrOutputs, TiffOutputs, stitched_cells
 from .pipeline import SectionPredictor
 from .stack_io import StackError
 from .volume_io import Volume
-from .work import BlockError, BlockTask, WorkFolder, block_range
+from .work import BlockError, BlockTask, WorkFolder, block_range, section_ranges
 from .writers import csv_bytes, output_lock
 
 if TYPE_CHECKING:
@@ -67,12 +67,8 @@ class LocalRunner:
         pass
 
     def ranges(self, input_path: str, blocks: list[Block]) -> dict[int, tuple[float, float]]:
-        ranges: dict[int, tuple[float, float]] = {}
-        for block in blocks:
-            low, high = block_range(input_path, block)
-            old = ranges.get(block.z, (low, high))
-            ranges[block.z] = (min(old[0], low), max(old[1], high))
-        return ranges
+        """Each section's (minimum, maximum) intensity over its blocks."""
+        return section_ranges(blocks, (block_range(input_path, block) for block in blocks))
 
     def run(self, blocks: list[Block], task: BlockTask) -> Iterator[Block]:
         """Runs ``task`` on each block in order; yields each block once its record is written."""

@@ -17,7 +17,7 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from .stack_io import StackError
 from .volume_io import Volume, create_ome_zarr, open_volume
 from .writers import atomic_write
 
-__all__ = ["BlockError", "WorkFolder", "BlockTask", "cached_volume", "block_reader", "block_range"]
+__all__ = ["BlockError", "WorkFolder", "BlockTask", "cached_volume", "block_reader", "block_range", "section_ranges"]
 
 
 class BlockError(InputError):
@@ -160,6 +160,15 @@ def block_range(input_path: str, block: Block) -> tuple[float, float]:
     """(minimum, maximum) intensity of one block (a section's range is that of its blocks)."""
     raw = block_reader(input_path, block)(block.z, *block.region)
     return float(raw.min()), float(raw.max())
+
+
+def section_ranges(blocks: Sequence[Block], ranges: Iterable[tuple[float, float]]) -> dict[int, tuple[float, float]]:
+    """Each section's (minimum, maximum) intensity from those of its blocks (``ranges``, in ``blocks``' order)."""
+    sections: dict[int, tuple[float, float]] = {}
+    for block, (low, high) in zip(blocks, ranges, strict=True):
+        old = sections.get(block.z, (low, high))
+        sections[block.z] = (min(old[0], low), max(old[1], high))
+    return sections
 
 
 @dataclass
