@@ -8,10 +8,12 @@ One run measures:
    the start-up so both see the same machine;
 3. a ``--sections`` x 1024 x 1024 volume (the test volume's sections tiled 2 x 2, repeated, as
    ``bench/volume_memory.py`` builds it) through the same command once: its pipeline throughput is
-   ``sections / (wall - start-up)``, everything after Python's start-up counted (reading, network, cells, table,
-   writing, finishing);
+   ``sections / (wall - start-up)``, everything after Python's start-up counted (reading, the network's backend
+   choice and a ``torch.compile`` with an empty cache where it chooses that, network, cells, table, writing,
+   finishing);
 4. the network alone on the same 1024 x 1024 sections in this process: inference.json's own predictor
-   (scaling, sliding window, sigmoid), at the command's torch threads, best of ``--repeats`` over 4 sections;
+   (scaling, sliding window, sigmoid), with the backend the command chose for that volume (compiled untimed), at
+   the command's torch threads, best of ``--repeats`` over 4 sections;
 5. where the command's time goes, in this process on the test volume: building the config's components, the
    blocks, finishing; and the blocks run three ways: as ``LocalRunner`` runs them (the network on cores - 1
    threads beside a thread for the cells), one step after the other on every core, and overlapped with the
@@ -60,17 +62,23 @@ def startup_seconds() -> float:
     return time.perf_counter() - started
 
 
-def network_sections_per_second(repeats: int) -> float:
-    """inference.json's predictor alone on 1024 x 1024 sections (the test volume's, tiled 2 x 2), in this process."""
+def network_sections_per_second(repeats: int, backend: str, sections: int) -> float:
+    """inference.json's predictor alone on 1024 x 1024 sections (the test volume's, tiled 2 x 2), in this process,
+    with ``backend`` chosen as for the command on ``sections`` such sections."""
     from monai.bundle import ConfigParser
 
+    from scripts.blockwise import plan_blocks, window_count
     from scripts.checkpoints import load_weights
 
     config = ConfigParser()
     config.read_config(str(BUNDLE / "configs" / "inference.json"))
-    config.update({"bundle_root": str(BUNDLE), "device": "cpu"})
+    config.update({"bundle_root": str(BUNDLE), "device": "cpu", "backend": backend})
     predictor = config.get_parsed_content("predictor")
     load_weights(predictor.network, BUNDLE / "models" / "model.pt")
+    window = predictor.window
+    predictor.plan(
+        window_count(plan_blocks((sections, 1024, 1024), None), (1024, 1024), window.roi_size, window.overlap)
+    )
     sections = [np.tile(section, (2, 2)) for section in read_stack(TEST_VOLUME)[:4]]
     predictor(sections[0])  # warm-up
     best = min(
@@ -135,26 +143,36 @@ def timed(call) -> float:
     return time.perf_counter() - started
 
 
-def measure(sections: int = 120, repeats: int = 3, bundle: Path = BUNDLE) -> dict:
+def chosen_backend(log: Path) -> str | None:
+    """What the command's log says the network ran on (``network on cpu: ...``; None for bundles before 0.12.0)."""
+    lines = [line.split("network on ", 1)[1] for line in log.read_text().splitlines() if "network on " in line]
+    return lines[0] if lines else None
+
+
+def measure(sections: int = 120, repeats: int = 3, bundle: Path = BUNDLE, backend: str = "auto") -> dict:
     """The measurements of the module docstring, as a dict (also printed); for another ``bundle``, parts 1 to 3."""
-    results: dict = {"torch_threads": torch.get_num_threads(), "repeats": repeats}
+    results: dict = {"torch_threads": torch.get_num_threads(), "repeats": repeats, "backend": backend}
+    flags = {"backend": backend} if bundle == BUNDLE else {}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         startups, commands = [], []
         for _ in range(repeats):
             startups.append(startup_seconds())
-            commands.append(infer(TEST_VOLUME, folder / "out", folder / "test.log", bundle))
+            commands.append(infer(TEST_VOLUME, folder / "out", folder / "test.log", bundle, **flags))
         startup = min(startups)
         best = min(commands, key=lambda measured: measured["seconds"])
         results["startup_seconds"] = startups
         results["test_volume"] = {"runs": commands, "best_seconds": best["seconds"]}
+        results["test_volume"]["network"] = chosen_backend(folder / "test.log")
         over = best["seconds"] - startup
         print(f"start-up {startup:.2f} s; the command on the 30-section test volume {best['seconds']:.2f} s "
               f"({over:.2f} s more), peak RSS {best['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
         results["test_volume"]["seconds_over_startup"] = over
 
         volume = make_volume(folder / f"volume_{sections}.tif", sections)
-        large = infer(volume, folder / "out", folder / "large.log", bundle)
+        cache = {"TORCHINDUCTOR_CACHE_DIR": str(folder / "compile_cache")}  # a compile, if chosen, from nothing
+        large = infer(volume, folder / "out", folder / "large.log", bundle, cache, **flags)
+        large["network"] = chosen_backend(folder / "large.log")
         volume.unlink()
         pipeline = sections / (large["seconds"] - startup)
         if bundle != BUNDLE:
@@ -166,14 +184,14 @@ def measure(sections: int = 120, repeats: int = 3, bundle: Path = BUNDLE) -> dic
             print(f"{sections} x 1024 x 1024: {large['seconds']:.1f} s, peak RSS {large['peak_rss_mb']:.0f} MB; "
                   f"pipeline {pipeline:.2f} sections/s", flush=True)  # fmt: skip
             return results
-        network = network_sections_per_second(repeats)
+        network = network_sections_per_second(repeats, backend, sections)
         results["large_volume"] = {
             "shape": [sections, 1024, 1024], **large, "pipeline_sections_per_second": pipeline,
             "network_sections_per_second": network, "pipeline_over_network": pipeline / network,
         }  # fmt: skip
         print(f"{sections} x 1024 x 1024: {large['seconds']:.1f} s, peak RSS {large['peak_rss_mb']:.0f} MB; pipeline "
               f"{pipeline:.2f} sections/s, network alone {network:.2f} sections/s: {pipeline / network:.2f} of the "
-              "network's pace", flush=True)  # fmt: skip
+              f"network's pace; network on {large['network']}", flush=True)  # fmt: skip
     results["phases_seconds"] = phases(repeats)
     for phase, seconds in results["phases_seconds"].items():
         print(f"test volume in this process, {phase}: {seconds:.2f} s", flush=True)
@@ -184,12 +202,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backend", default="auto", help="--backend of the command and the network alone")
     parser.add_argument("--bundle", type=Path, default=BUNDLE, help="the bundle folder whose command is timed")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "results" / "pipeline_speed.json")
     args = parser.parse_args()
     description = machine.describe()
     print(machine.summary(description), flush=True)
-    results = measure(args.sections, args.repeats, args.bundle.resolve())
+    results = measure(args.sections, args.repeats, args.bundle.resolve(), args.backend)
     machine.write_json(args.output, {**results, "bundle": str(args.bundle), "machine": description})
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -52,13 +53,14 @@ def make_volume(path: Path, sections: int) -> Path:
     return path
 
 
-def run_measured(arguments: list[str], log: Path, bundle: Path = BUNDLE) -> dict:
-    """Runs ``python -m monai.bundle run ...`` in ``bundle`` (this checkout's bundle/ by default): its wall time and
-    the peak RSS of its process tree."""
+def run_measured(arguments: list[str], log: Path, bundle: Path = BUNDLE, env: dict | None = None) -> dict:
+    """Runs ``python -m monai.bundle run ...`` in ``bundle`` (this checkout's bundle/ by default), with ``env`` added
+    to the environment: its wall time and the peak RSS of its process tree."""
     command = [sys.executable, "-m", "monai.bundle", "run", *arguments, "--logging_file", "configs/logging.conf"]
     started = time.perf_counter()
     with log.open("w") as stream:
-        process = subprocess.Popen(command, cwd=bundle, stdout=stream, stderr=subprocess.STDOUT)
+        environment = {**os.environ, **(env or {})}
+        process = subprocess.Popen(command, cwd=bundle, stdout=stream, stderr=subprocess.STDOUT, env=environment)
         root, peak = psutil.Process(process.pid), 0
         while process.poll() is None:
             total = 0
@@ -75,13 +77,13 @@ def run_measured(arguments: list[str], log: Path, bundle: Path = BUNDLE) -> dict
     return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak / 2**20, 1)}
 
 
-def infer(volume: Path, output: Path, log: Path, bundle: Path = BUNDLE, **flags) -> dict:
+def infer(volume: Path, output: Path, log: Path, bundle: Path = BUNDLE, env: dict | None = None, **flags) -> dict:
     shutil.rmtree(output, ignore_errors=True)
     arguments = ["inferring", "--config_file", "configs/inference.json", "--input_path", str(volume)]
     arguments += ["--output_dir", str(output)]
     for name, value in flags.items():
         arguments += [f"--{name}", str(value)]
-    return run_measured(arguments, log, bundle)
+    return run_measured(arguments, log, bundle, env)
 
 
 def main() -> None:

@@ -1,5 +1,7 @@
 """Blocks without seams: the sliding-window grid and the regions it gives, cells stitched across tiles."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +12,10 @@ from scripts.blockwise import (
     CellIds,
     block_cells,
     plan_blocks,
+    prediction_region,
     seam_merges,
     stitch_cells,
+    window_count,
     window_starts,
 )
 from scripts.cells import CellLabeller, label_cell_stack
@@ -127,3 +131,19 @@ def test_cell_ids_offsets_and_merged_groups():
     assert ids.count == 3
     with pytest.raises(ValueError, match="do not fit uint32"):
         CellIds([2**31, 2**31])
+
+
+def test_window_count_is_the_windows_monai_places():
+    """Counted against MONAI's own placement along each axis of each region (whole sections, a small section padded
+    to one window, and tiles widened by their halo)."""
+    roi, overlap = (64, 64), 0.25
+
+    def monai_count(height: int, width: int) -> int:
+        return math.prod(len(monai_window_starts(size, 64, overlap)) if size > 64 else 1 for size in (height, width))
+
+    assert window_count(plan_blocks((3, 160, 100), None), (160, 100), roi, overlap) == 3 * monai_count(160, 100)
+    assert window_count(plan_blocks((2, 40, 50), None), (40, 50), roi, overlap) == 2
+    tiles = plan_blocks((2, 300, 300), 128)
+    regions = [prediction_region(block, (300, 300), roi, overlap, 16) for block in tiles]
+    expected = sum(monai_count(rows.stop - rows.start, columns.stop - columns.start) for rows, columns in regions)
+    assert window_count(tiles, (300, 300), roi, overlap, 16) == expected > len(tiles)

@@ -22,6 +22,7 @@ into ids unique across the volume: block offsets in block order (section z's ids
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ __all__ = [
     "plan_blocks",
     "window_starts",
     "prediction_region",
+    "window_count",
     "sliding_window_of",
     "block_cells",
     "seam_merges",
@@ -119,6 +121,22 @@ def prediction_region(
         used = starts[(starts < stop) & (starts + window > start)]
         bounds.append(slice(int(used.min()), int(used.max()) + window))
     return bounds[0], bounds[1]
+
+
+def window_count(
+    blocks: Sequence[Block], section_shape: Sequence[int], roi: Sequence[int], overlap: float, cell_halo: int = 0
+) -> int:
+    """How many windows the sliding window computes over ``blocks``, each on its :func:`prediction_region`."""
+    per_tile = {}  # every section has the same tiles
+    for block in blocks:
+        tile = (block.y0, block.y1, block.x0, block.x1)
+        if tile not in per_tile:
+            regions = prediction_region(block, section_shape, roi, overlap, cell_halo)
+            per_tile[tile] = math.prod(
+                len(window_starts(region.stop - region.start, window, overlap))
+                for region, window in zip(regions, roi, strict=True)
+            )
+    return sum(per_tile[(block.y0, block.y1, block.x0, block.x1)] for block in blocks)
 
 
 def sliding_window_of(inferer) -> SlidingWindowInferer:

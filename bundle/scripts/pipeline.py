@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from scipy.ndimage import find_objects
 
+from .backends import CompiledNetwork, choose_backend
 from .blockwise import Block, block_cells, prediction_region, shift_table, sliding_window_of
 from .cell_table import CellTable
 from .cells import CellLabeller
@@ -38,7 +39,9 @@ class SectionPredictor:
         postprocessing: the configs' ``postprocessing``, called on ``{"pred": (1, h, w) logits}``; it returns the
             (1, h, w) probability.
         device: where the network runs.
-        amp: autocast, on CUDA only.
+        amp: float16 autocast, on CUDA only.
+        backend: how the network runs (:mod:`scripts.backends`): ``"eager"``, ``"compile"``, ``"bf16"``, or
+            ``"auto"``, chosen by :meth:`plan` for the run's size (before it, as for few windows).
     """
 
     def __init__(
@@ -49,11 +52,29 @@ class SectionPredictor:
         postprocessing: Callable,
         device: torch.device | str = "cpu",
         amp: bool = False,
+        backend: str = "eager",
     ) -> None:
         self.network = network.eval()
         self.inferer, self.preprocessing, self.postprocessing = inferer, preprocessing, postprocessing
         self.device = torch.device(device)
         self.amp = bool(amp) and self.device.type == "cuda"
+        self.backend = backend
+        self.plan(0)
+
+    def plan(self, windows: int) -> str:
+        """Chooses the backend for a run of ``windows`` sliding windows on this device; returns why."""
+        self.windows = windows
+        self.chosen, reason = choose_backend(self.backend, self.device, windows)
+        self._forward: Callable | None = None  # built on first use, in the process that runs it
+        return reason
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_forward": None}  # a compiled network stays in its process
+
+    def _network(self) -> Callable:
+        if self._forward is None:
+            self._forward = CompiledNetwork(self.network) if self.chosen == "compile" else self.network
+        return self._forward
 
     @property
     def window(self):
@@ -61,10 +82,12 @@ class SectionPredictor:
         return sliding_window_of(self.inferer)
 
     def to(self, device: torch.device | str, amp: bool | None = None) -> SectionPredictor:
-        """Moves the network to ``device``; ``amp`` None: autocast wherever that is CUDA."""
+        """Moves the network to ``device`` and chooses its backend there; ``amp`` None: autocast wherever that is
+        CUDA."""
         self.device = torch.device(device)
         self.amp = self.device.type == "cuda" if amp is None else bool(amp) and self.device.type == "cuda"
         self.network = self.network.to(self.device)
+        self.plan(self.windows)
         return self
 
     @torch.no_grad()
@@ -73,15 +96,16 @@ class SectionPredictor:
         section's minimum and maximum, for a region of it) or their own."""
         image = self.preprocessing({"image": raw, "intensity_range": intensity_range})["image"]
         image = torch.as_tensor(image, dtype=torch.float32).to(self.device)[None]
-        with torch.autocast(self.device.type, enabled=self.amp):
-            logits = self.inferer(image, self.network)
+        bf16 = self.chosen == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16 if bf16 else None, enabled=self.amp or bf16):
+            logits = self.inferer(image, self._network())
         probability = self.postprocessing({"pred": logits[0].float()})["pred"]
         return torch.as_tensor(probability).float()[0].cpu().numpy()
 
 
 def declared_predictor(
     config_file: str | Path, network: torch.nn.Module, inferer: Callable, device: torch.device | str = "cpu",
-    amp: bool = False,
+    amp: bool = False, backend: str = "eager",
 ) -> SectionPredictor:  # fmt: skip
     """A predictor around ``network`` and ``inferer`` with the preprocessing and postprocessing that ``config_file``
     (inference.json) declares: evaluation then scores exactly what inference computes."""
@@ -93,7 +117,7 @@ def declared_predictor(
         config.get_parsed_content("preprocessing"),
         config.get_parsed_content("postprocessing"),
     )
-    return SectionPredictor(network, inferer, preprocessing, postprocessing, device, amp)
+    return SectionPredictor(network, inferer, preprocessing, postprocessing, device, amp, backend)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .blockwise import Block, plan_blocks, shift_table, stitch_cells
+from .blockwise import Block, plan_blocks, shift_table, stitch_cells, window_count
 from .cell_table import CellTable
 from .cells import CellLabeller
 from .errors import InputError
@@ -153,6 +153,7 @@ class VolumeInference:
         volume = self.volume
         blocks = plan_blocks(volume.shape, self.block_size)
         self._check(volume, blocks)
+        self._plan_network(volume, blocks)
         lock = self.outputs.output_dir / f".{self.outputs.name}.lock"
         with output_lock(lock, str(self.work.path)), self._runner() as self.runner:
             try:
@@ -198,6 +199,14 @@ class VolumeInference:
                 "tiles differ slightly from their whole section (sections up to --block_size are exact)"
             )
 
+    def _plan_network(self, volume: Volume, blocks: list[Block]) -> None:
+        """The network's backend for this run's windows (:mod:`scripts.backends`)."""
+        window = self.predictor.window
+        roi = window.roi_size if isinstance(window.roi_size, Sequence) else [window.roi_size] * 2
+        halo = self.cell_halo if len(blocks) > volume.shape[0] else 0  # tiles are predicted with their halo
+        windows = window_count(blocks, volume.shape[1:], roi, window.overlap, halo)
+        logger.info("network on %s: %s", self.predictor.device, self.predictor.plan(windows))
+
     def _table_path(self) -> Path:
         return self.outputs.output_dir / f"{self.outputs.name}_cells.csv"
 
@@ -215,6 +224,7 @@ class VolumeInference:
             "inferer": f"{type(self.predictor.inferer).__name__}(roi_size={list(window.roi_size)}, "
             f"overlap={window.overlap}, mode={window.mode})",
             "device": self.predictor.device.type if not self.scheduler else "auto", "amp": self.predictor.amp,
+            "backend": self.predictor.chosen,
             "output": [self.outputs.format, getattr(self.outputs, "version", None)], "weights": weights.hexdigest(),
         }  # fmt: skip
 

@@ -1,0 +1,107 @@
+"""How the network runs: the run-time choice of backend, and torch.compile's checked fallback to eager."""
+
+import logging
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import Activationsd, Compose, EnsureChannelFirstd
+
+from scripts.backends import COMPILE_MIN_WINDOWS, CompiledNetwork, choose_backend, cpu_flags
+from scripts.errors import InputError
+from scripts.pipeline import SectionPredictor
+from scripts.transforms import ScaleSectionIntensityd
+
+AVX2 = frozenset({"sse2", "avx", "avx2", "fma"})
+AMX = AVX2 | {"avx512f", "amx_tile", "amx_bf16", "amx_int8"}
+
+
+def tiny_network() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 1)).eval()
+
+
+def tiny_predictor(backend: str) -> SectionPredictor:
+    preprocessing = Compose([EnsureChannelFirstd("image", channel_dim="no_channel"), ScaleSectionIntensityd("image")])
+    window = SlidingWindowInferer(roi_size=(32, 32), overlap=0.25, mode="gaussian")
+    return SectionPredictor(tiny_network(), window, preprocessing, Activationsd("pred", sigmoid=True), backend=backend)
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx2 amx_bf16\n\nprocessor\t: 1\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx2", "amx_bf16"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("device", "windows", "flags", "expected"),
+    [
+        ("cpu", 30, AVX2, "eager"),
+        ("cpu", COMPILE_MIN_WINDOWS - 1, AVX2, "eager"),
+        ("cpu", COMPILE_MIN_WINDOWS, AVX2, "compile"),
+        ("cpu", 30, AMX, "bf16"),
+        ("cpu", 10 * COMPILE_MIN_WINDOWS, AVX2 | {"avx512_bf16"}, "bf16"),
+        ("cuda", 10 * COMPILE_MIN_WINDOWS, AMX, "eager"),
+    ],
+)
+def test_auto_chooses_by_device_cpu_and_windows(device, windows, flags, expected):
+    chosen, reason = choose_backend("auto", device, windows, flags)
+    assert chosen == expected and reason.startswith("auto: ")
+
+
+def test_an_asked_for_backend_is_kept_and_a_wrong_one_refused():
+    assert choose_backend("compile", "cpu", 1, AVX2) == ("compile", "--backend compile")
+    assert choose_backend("eager", "cpu", 10 * COMPILE_MIN_WINDOWS, AMX)[0] == "eager"
+    with pytest.raises(InputError, match="--backend 'onnx': must be one of auto, eager, compile, bf16"):
+        choose_backend("onnx", "cpu", 1)
+
+
+def test_compile_falls_back_to_eager_where_compiling_fails(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    network = tiny_network()
+    compiled = CompiledNetwork(network)
+    windows = torch.rand(2, 1, 16, 16)
+    with torch.no_grad(), caplog.at_level(logging.WARNING):
+        assert torch.equal(compiled(windows), network(windows))
+        assert torch.equal(compiled(windows), network(windows))
+    assert compiled.forward is network
+    assert "torch.compile failed, running eager: no C++ compiler found" in caplog.text
+
+
+def test_compile_falls_back_to_eager_where_it_differs(monkeypatch, caplog):
+    monkeypatch.setattr(torch, "compile", lambda network, **kwargs: lambda x: network(x) + 1.0)
+    network = tiny_network()
+    compiled = CompiledNetwork(network)
+    with torch.no_grad(), caplog.at_level(logging.WARNING):
+        compiled(torch.rand(1, 1, 16, 16))
+    assert compiled.forward is network
+    assert "torch.compile differs from eager by" in caplog.text
+
+
+def test_compiled_and_bf16_predictors_match_eager():
+    """The real torch.compile (it needs a C++ compiler, as the CI has) and bf16 autocast give eager's probability:
+    compiled to float rounding, bf16 to its 8-bit mantissa."""
+    section = np.random.default_rng(0).integers(20, 230, (70, 50)).astype(np.uint8)
+    eager = tiny_predictor("eager")(section)
+    compiled = tiny_predictor("compile")
+    np.testing.assert_allclose(compiled(section), eager, atol=1e-5)
+    assert compiled._forward.forward is not compiled.network  # compiled, not fallen back
+    bf16 = tiny_predictor("bf16")
+    assert bf16.chosen == "bf16"
+    np.testing.assert_allclose(bf16(section), eager, atol=2e-2)
+
+
+def test_a_predictor_plans_its_backend_and_ships_without_its_compiled_network():
+    predictor = tiny_predictor("auto")
+    predictor.plan(COMPILE_MIN_WINDOWS)
+    expected = choose_backend("auto", "cpu", COMPILE_MIN_WINDOWS)[0]
+    assert predictor.chosen == expected
+    predictor._network()
+    shipped = pickle.loads(pickle.dumps(predictor))
+    assert shipped.chosen == expected and shipped._forward is None and shipped.windows == COMPILE_MIN_WINDOWS
