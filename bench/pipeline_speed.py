@@ -19,6 +19,10 @@ One run measures:
    threads beside a thread for the cells), one step after the other on every core, and overlapped with the
    network on every core.
 
+``--compile-cost`` measures only what a cold ``torch.compile`` costs the command: the test volume with ``--backend
+eager``, and with ``--backend compile`` from an empty compile cache, with Inductor's default pool of compile
+processes and with ``TORCHINDUCTOR_COMPILE_THREADS=1`` (wall time and peak RSS of each).
+
 It reports the command's time over the start-up, the pipeline's throughput as a fraction of the network's, and
 the peak RSS of each run.
 
@@ -143,6 +147,32 @@ def timed(call) -> float:
     return time.perf_counter() - started
 
 
+def compile_cost() -> dict:
+    """The test volume's command eager, and compiled from an empty cache (default compile pool, one thread)."""
+    cases = {"eager": ({}, "eager"), "compile": ({}, "compile"),
+             "compile, 1 compile thread": ({"TORCHINDUCTOR_COMPILE_THREADS": "1"}, "compile")}  # fmt: skip
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        for name, (env, backend) in cases.items():
+            env = {"TORCHINDUCTOR_CACHE_DIR": str(folder / f"cache_{len(results)}"), **env}
+            results[name] = infer(TEST_VOLUME, folder / "out", folder / "run.log", BUNDLE, env, backend=backend)
+            results[name]["compile"] = compile_outcome((folder / "run.log").read_text())
+            measured = results[name]
+            print(
+                f"test volume, {name}: {measured['seconds']:.1f} s, peak RSS {measured['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
+    return results
+
+
+def compile_outcome(log: str) -> str | None:
+    """What a command's log says ``torch.compile`` did: matched eager, fell back to eager, or nothing (None)."""
+    if "torch.compile failed" in log or "torch.compile differs" in log:
+        return "fell back to eager"
+    return "matched eager" if "torch.compile matches eager" in log else None
+
+
 def chosen_backend(log: Path) -> str | None:
     """What the command's log says the network ran on (``network on cpu: ...``; None for bundles before 0.12.0)."""
     lines = [line.split("network on ", 1)[1] for line in log.read_text().splitlines() if "network on " in line]
@@ -173,6 +203,7 @@ def measure(sections: int = 120, repeats: int = 3, bundle: Path = BUNDLE, backen
         cache = {"TORCHINDUCTOR_CACHE_DIR": str(folder / "compile_cache")}  # a compile, if chosen, from nothing
         large = infer(volume, folder / "out", folder / "large.log", bundle, cache, **flags)
         large["network"] = chosen_backend(folder / "large.log")
+        large["compile"] = compile_outcome((folder / "large.log").read_text())
         volume.unlink()
         pipeline = sections / (large["seconds"] - startup)
         if bundle != BUNDLE:
@@ -203,12 +234,16 @@ def main() -> None:
     parser.add_argument("--sections", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backend", default="auto", help="--backend of the command and the network alone")
+    parser.add_argument("--compile-cost", action="store_true", help="only the cost of a cold torch.compile")
     parser.add_argument("--bundle", type=Path, default=BUNDLE, help="the bundle folder whose command is timed")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "results" / "pipeline_speed.json")
     args = parser.parse_args()
     description = machine.describe()
     print(machine.summary(description), flush=True)
-    results = measure(args.sections, args.repeats, args.bundle.resolve(), args.backend)
+    if args.compile_cost:
+        results = {"compile_cost": compile_cost()}
+    else:
+        results = measure(args.sections, args.repeats, args.bundle.resolve(), args.backend)
     machine.write_json(args.output, {**results, "bundle": str(args.bundle), "machine": description})
 
 

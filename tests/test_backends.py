@@ -59,19 +59,27 @@ def test_an_asked_for_backend_is_kept_and_a_wrong_one_refused():
         choose_backend("onnx", "cpu", 1)
 
 
-def test_compile_falls_back_to_eager_where_compiling_fails(monkeypatch, caplog):
-    def broken(*args, **kwargs):
-        raise RuntimeError("no C++ compiler found\nmore detail")
+@pytest.mark.parametrize("error", [RuntimeError("no C++ compiler found\nmore detail"), AssertionError()])
+@pytest.mark.parametrize("when", ["compiling", "first call"])
+def test_compile_falls_back_to_eager_where_compiling_fails(monkeypatch, caplog, error, when):
+    def broken_call(windows):
+        raise error
 
-    monkeypatch.setattr(torch, "compile", broken)
+    def broken_compile(network, **kwargs):
+        if when == "compiling":
+            raise error
+        return broken_call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
     network = tiny_network()
     compiled = CompiledNetwork(network)
     windows = torch.rand(2, 1, 16, 16)
     with torch.no_grad(), caplog.at_level(logging.WARNING):
         assert torch.equal(compiled(windows), network(windows))
         assert torch.equal(compiled(windows), network(windows))
-    assert compiled.forward is network
-    assert "torch.compile failed, running eager: no C++ compiler found" in caplog.text
+    assert compiled.compiled is network
+    expected = "no C++ compiler found" if str(error) else "AssertionError"
+    assert f"torch.compile failed, running eager: {expected}" in caplog.text
 
 
 def test_compile_falls_back_to_eager_where_it_differs(monkeypatch, caplog):
@@ -80,8 +88,33 @@ def test_compile_falls_back_to_eager_where_it_differs(monkeypatch, caplog):
     compiled = CompiledNetwork(network)
     with torch.no_grad(), caplog.at_level(logging.WARNING):
         compiled(torch.rand(1, 1, 16, 16))
-    assert compiled.forward is network
+    assert compiled.compiled is network
     assert "torch.compile differs from eager by" in caplog.text
+
+
+def test_compile_checks_the_first_window_of_each_shape_then_runs_compiled_only(monkeypatch):
+    calls = []
+
+    def counting(network, **kwargs):
+        def compiled(windows):
+            calls.append(("compiled", tuple(windows.shape)))
+            return network.forward(windows) * (1 + 1e-6)  # (no hook) an output told from eager's, within tolerance
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", counting)
+    network = tiny_network()
+    network.register_forward_hook(lambda module, inputs, output: calls.append(("eager", tuple(inputs[0].shape))))
+    compiled = CompiledNetwork(network)
+    first, second = torch.rand(1, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        outputs = [compiled(first), compiled(first), compiled(second), compiled(second)]
+        expected = network(first)
+    calls.pop()
+    assert [kind for kind, _ in calls].count("eager") == 2  # once per shape
+    assert [kind for kind, _ in calls].count("compiled") == 4
+    assert not torch.equal(outputs[0], expected)  # the compiled output from the first window on
+    torch.testing.assert_close(outputs[0], expected)
 
 
 def test_compiled_and_bf16_predictors_match_eager():
@@ -91,17 +124,22 @@ def test_compiled_and_bf16_predictors_match_eager():
     eager = tiny_predictor("eager")(section)
     compiled = tiny_predictor("compile")
     np.testing.assert_allclose(compiled(section), eager, atol=1e-5)
-    assert compiled._forward.forward is not compiled.network  # compiled, not fallen back
+    assert compiled._forward.compiled is not compiled.network  # compiled, not fallen back
     bf16 = tiny_predictor("bf16")
-    assert bf16.chosen == "bf16"
-    np.testing.assert_allclose(bf16(section), eager, atol=2e-2)
+    rounded = bf16(section)
+    np.testing.assert_allclose(rounded, eager, atol=2e-2)
+    assert np.abs(rounded - eager).max() > 1e-4  # bf16 did run
 
 
-def test_a_predictor_plans_its_backend_and_ships_without_its_compiled_network():
+def test_a_predictor_plans_its_backend_for_its_windows_and_ships_without_its_compiled_network(monkeypatch):
+    monkeypatch.setattr("scripts.backends.cpu_flags", lambda: AVX2)
     predictor = tiny_predictor("auto")
-    predictor.plan(COMPILE_MIN_WINDOWS)
-    expected = choose_backend("auto", "cpu", COMPILE_MIN_WINDOWS)[0]
-    assert predictor.chosen == expected
-    predictor._network()
-    shipped = pickle.loads(pickle.dumps(predictor))
-    assert shipped.chosen == expected and shipped._forward is None and shipped.windows == COMPILE_MIN_WINDOWS
+    assert predictor.chosen == "eager"
+    predictor.plan(COMPILE_MIN_WINDOWS - 1)
+    assert predictor.chosen == "eager"
+    assert "1000 windows" in predictor.plan(COMPILE_MIN_WINDOWS) and predictor.chosen == "compile"
+    assert isinstance(predictor._network(), CompiledNetwork)
+    shipped = pickle.loads(pickle.dumps(predictor)).to("cpu")  # as a Dask worker gets it
+    assert shipped.chosen == "compile" and shipped._forward is None and shipped.windows == COMPILE_MIN_WINDOWS
+    monkeypatch.setattr("scripts.backends.cpu_flags", lambda: AMX)
+    assert shipped.to("cpu").chosen == "bf16"  # a worker chooses for its own CPU

@@ -41,9 +41,8 @@ def test_the_package_passes_bioimageio_test(package, weight_format):
 def test_the_package_predicts_what_the_bundle_predicts(package, tmp_path):
     section = tifffile.imread(DATA / "test-volume.tif")[5]  # not the package's test section (0)
     tifffile.imwrite(tmp_path / "section.tif", section[None], photometric="minisblack")
-    config = bundle_config(
-        ["configs/inference.json"], {"input_path": str(tmp_path / "section.tif"), "output_dir": str(tmp_path)}
-    )  # fmt: skip
+    settings = {"input_path": str(tmp_path / "section.tif"), "output_dir": str(tmp_path), "backend": "eager"}
+    config = bundle_config(["configs/inference.json"], settings)  # eager fp32, as the package's weights run
     config.get_parsed_content("initialize")
     config.get_parsed_content("run")
     bundle = tifffile.imread(tmp_path / "section_membrane_probability.tif")

@@ -383,3 +383,34 @@ def test_one_local_worker_runs_in_this_process_and_several_on_dask(stack_path, t
     assert runner() == runner(dask_workers=1) == "LocalRunner"  # no cluster to start for one worker
     assert runner(dask_workers=2) == runner(dask_dashboard=True) == "DaskRunner"
     assert runner(dask_scheduler="tcp://127.0.0.1:8786") == "DaskRunner"
+
+
+@pytest.mark.parametrize(
+    ("started", "asked", "runs"),
+    [("compile", "auto", "compile"), (None, "auto", "eager"), ("compile", "eager", "refused")],
+)
+def test_a_resumed_run_keeps_the_backend_it_started_with(stack_path, tmp_path, started, asked, runs):
+    """``auto`` takes the interrupted run's backend (a 0.11.0 folder, without one, ran eager); another backend
+    asked for is refused, as any other changed setting."""
+    config = bundle_config(
+        ["configs/inference.json"],
+        {"input_path": str(stack_path), "output_dir": str(tmp_path), "resume": True, "backend": asked, **SMALL},
+    )
+    evaluator = config.get_parsed_content("evaluator")
+    volume = evaluator.volume
+    blocks = volumes.plan_blocks(volume.shape, evaluator.block_size)
+    evaluator.predictor.plan(0)
+    signature = evaluator._signature(volume, blocks)
+    if started is None:
+        del signature["backend"]
+    else:
+        signature["backend"] = started
+    evaluator.work.create(volume.shape, (1, *volume.shape[1:]), signature, "0.5")
+    evaluator._plan_network(volume, blocks)
+    if runs == "refused":
+        with pytest.raises(Exception, match=r"started with other settings \(backend differ"):
+            evaluator._prepare_work(volume, blocks)
+        return
+    assert evaluator.predictor.chosen == runs
+    if started is not None:
+        evaluator._prepare_work(volume, blocks)  # the same settings: resumable

@@ -25,6 +25,8 @@ class DihedralAverageInferer(Inferer):
     Inputs ``(B, C, H, W)``; outputs the wrapped inferer's ``(B, C', H, W)`` averaged over the 8 views.
     """
 
+    views = 8  # 4 quarter turns, each also flipped
+
     def __init__(self, inferer: Inferer) -> None:
         super().__init__()
         self.inferer = inferer
@@ -39,7 +41,7 @@ class DihedralAverageInferer(Inferer):
                 output = output.flip(-1) if flip else output
                 output = torch.rot90(output, -quarter_turns, dims=(-2, -1))
                 total = output if total is None else total + output
-        return total / 8
+        return total / self.views
 
 
 def with_test_time_augmentation(inferer: Inferer, enabled: bool | str) -> Inferer:

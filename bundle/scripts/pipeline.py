@@ -81,6 +81,12 @@ class SectionPredictor:
         """The sliding window the inferer places (checked for blockwise use)."""
         return sliding_window_of(self.inferer)
 
+    @property
+    def roi(self) -> tuple[int, int]:
+        """The sliding window's (height, width)."""
+        roi = self.window.roi_size
+        return tuple(roi) if isinstance(roi, Sequence) else (roi, roi)
+
     def to(self, device: torch.device | str, amp: bool | None = None) -> SectionPredictor:
         """Moves the network to ``device`` and chooses its backend there; ``amp`` None: autocast wherever that is
         CUDA."""
@@ -108,7 +114,8 @@ def declared_predictor(
     amp: bool = False, backend: str = "eager",
 ) -> SectionPredictor:  # fmt: skip
     """A predictor around ``network`` and ``inferer`` with the preprocessing and postprocessing that ``config_file``
-    (inference.json) declares: evaluation then scores exactly what inference computes."""
+    (inference.json) declares: evaluation scores what inference computes, with the backend given here (eager fp32
+    by default, where ``auto`` may choose bf16 or ``torch.compile`` for inference)."""
     from monai.bundle import ConfigParser
 
     config = ConfigParser()
@@ -146,10 +153,8 @@ def predict_block(
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """The network's step of a block: ``(raw, probability, origin)`` of the region around it (``origin``: its
     first section pixel). ``section_range`` None: the block is a whole section, scaled with its own range."""
-    window = predictor.window
-    roi = window.roi_size if isinstance(window.roi_size, Sequence) else [window.roi_size] * 2
     halo = cell_halo if section_range is not None else 0
-    rows, columns = prediction_region(block, section_shape, roi, window.overlap, halo)
+    rows, columns = prediction_region(block, section_shape, predictor.roi, predictor.window.overlap, halo)
     raw = read(block.z, rows, columns)
     probability = predictor(raw, section_range)
     if not np.isfinite(probability).all():

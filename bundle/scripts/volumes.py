@@ -21,7 +21,7 @@ import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +34,7 @@ from .cell_table import CellTable
 from .cells import CellLabeller
 from .errors import InputError
 from .flags import flag, number
+from .inferers import DihedralAverageInferer
 from .outputs import OmeZarrOutputs, TiffOutputs, stitched_cells
 from .pipeline import SectionPredictor
 from .stack_io import StackError
@@ -200,12 +201,16 @@ class VolumeInference:
             )
 
     def _plan_network(self, volume: Volume, blocks: list[Block]) -> None:
-        """The network's backend for this run's windows (:mod:`scripts.backends`)."""
-        window = self.predictor.window
-        roi = window.roi_size if isinstance(window.roi_size, Sequence) else [window.roi_size] * 2
+        """The network's backend for this run's windows (:mod:`scripts.backends`): ``auto`` chooses for the windows
+        each local process computes, and a resumed run keeps the backend it started with (0.11.0's: eager)."""
+        predictor = self.predictor
+        if predictor.backend == "auto" and self.resume and self.work.resumable():
+            predictor.backend = self.work.signature().get("backend", "eager")
         halo = self.cell_halo if len(blocks) > volume.shape[0] else 0  # tiles are predicted with their halo
-        windows = window_count(blocks, volume.shape[1:], roi, window.overlap, halo)
-        logger.info("network on %s: %s", self.predictor.device, self.predictor.plan(windows))
+        windows = window_count(blocks, volume.shape[1:], predictor.roi, predictor.window.overlap, halo)
+        if isinstance(predictor.inferer, DihedralAverageInferer):
+            windows *= DihedralAverageInferer.views
+        logger.info("network on %s: %s", predictor.device, predictor.plan(windows // (self.workers or 1)))
 
     def _table_path(self) -> Path:
         return self.outputs.output_dir / f"{self.outputs.name}_cells.csv"
@@ -224,7 +229,7 @@ class VolumeInference:
             "inferer": f"{type(self.predictor.inferer).__name__}(roi_size={list(window.roi_size)}, "
             f"overlap={window.overlap}, mode={window.mode})",
             "device": self.predictor.device.type if not self.scheduler else "auto", "amp": self.predictor.amp,
-            "backend": self.predictor.chosen,
+            "backend": self.predictor.chosen if not self.scheduler else self.predictor.backend,
             "output": [self.outputs.format, getattr(self.outputs, "version", None)], "weights": weights.hexdigest(),
         }  # fmt: skip
 
