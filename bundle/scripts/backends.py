@@ -42,7 +42,7 @@ BACKENDS = ("auto", "eager", "compile", "bf16")
 #: CPU flags (/proc/cpuinfo) of units that multiply bfloat16 natively; elsewhere torch emulates bf16, ~100x slower
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 #: windows from which ``auto`` compiles on a CPU without bf16: the 33 ms it saves per 512 x 512 window on one thread
-#: repay its cold compile (19 s in the command) from about 580 windows on (AMD EPYC, 2 cores; docs/performance.md)
+#: repay its cold compile (18 s in the command) from about 550 windows on (AMD EPYC, 2 cores; docs/performance.md)
 COMPILE_MIN_WINDOWS = 1000
 #: largest difference of the compiled network's sigmoid from eager's, on its first window, that it may keep
 COMPILE_TOLERANCE = 1e-4
