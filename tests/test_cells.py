@@ -90,6 +90,22 @@ def test_the_distance_watershed_splits_cells_joined_through_a_gap():
     # agglomeration starts from the same fragments and keeps them apart across the strong membrane around the gap
     agglomerated = label_cells(membrane, 0.5, method="agglomeration", seed_depth=3, merge_threshold=0.5)
     assert agglomerated.max() == 2 and agglomerated[20, 18] != agglomerated[20, 51]
+    for method in ("multicut", "gasp"):  # their superpixels split at the gap; the membrane around it keeps them cut
+        partitioned = label_cells(membrane, 0.5, method=method)
+        assert partitioned.max() == 2 and partitioned[20, 18] != partitioned[20, 51], method
+
+
+@pytest.mark.parametrize("method", ["multicut", "gasp"])
+def test_graph_partitions_join_across_weak_boundaries_as_the_bias_says(method):
+    """Superpixels split at a faint line (0.3) and a real membrane (0.9): the boundary bias 0.5 joins across the
+    faint line only (its cost log(0.7 / 0.3) > 0), 0.8 cuts it too (log(0.7 / 0.3) + log(0.2 / 0.8) < 0)."""
+    membrane = np.zeros((30, 61), dtype=np.float32)
+    membrane[:, 20] = 0.3
+    membrane[:, 40] = 0.9
+    joined = label_cells(membrane, 0.2, method=method, boundary_bias=0.5)
+    cut = label_cells(membrane, 0.2, method=method, boundary_bias=0.8)
+    assert joined.max() == 2 and joined[5, 5] == joined[5, 30] != joined[5, 50]
+    assert cut.max() == 3 and len({cut[5, 5], cut[5, 30], cut[5, 50]}) == 3
 
 
 def test_agglomeration_merges_fragments_across_weak_boundaries_only():
@@ -125,6 +141,10 @@ def test_the_cell_labeller_holds_a_method_and_its_parameters():
         CellLabeller("magic")
     with pytest.raises(InputError, match="cells: .*seed_dept"):
         CellLabeller("watershed", seed_dept=2.0)
+    with pytest.raises(InputError, match="--cells#boundary_bias: 1.0 must lie strictly between 0 and 1"):
+        CellLabeller("multicut", boundary_bias=1)
+    with pytest.raises(InputError, match="--cells#sigma_seeds"):
+        CellLabeller("gasp", sigma_seeds=-1)
 
 
 @pytest.mark.parametrize(
@@ -136,3 +156,5 @@ def test_bad_probabilities_are_rejected(probability, message):
         label_cells(probability, 0.5)
     with pytest.raises(ValueError, match="method"):
         label_cells(np.zeros((4, 4)), 0.5, method="magic")
+    with pytest.raises(ValueError, match="boundary_bias"):
+        label_cells(np.zeros((4, 4)), 0.5, method="multicut", boundary_bias=1.0)

@@ -16,6 +16,15 @@ parameters):
 * ``"agglomeration"``: the ``"watershed"`` fragments, merged greedily while the mean membrane probability on
   the boundary between two neighbours (the higher of each pixel pair across it) is below ``merge_threshold``
   (scikit-image's hierarchical merging of the boundary region adjacency graph).
+* ``"multicut"`` and ``"gasp"``: graph partitions of superpixels (Beier et al., Nature Methods 2017; Bailoni et
+  al., ECCV 2022), with python-elf on bioimage-cpp. The superpixels are elf's distance-transform watershed of the
+  probability (seeds at the maxima of the interior's distance transform smoothed by ``sigma_seeds``). Each pair of
+  neighbouring superpixels gets the mean boundary evidence ``b`` of their shared border (as ``"agglomeration"``'s:
+  a 1-pixel membrane lies on one side only) and the cost ``log((1 - b) / b) + log((1 - boundary_bias) /
+  boundary_bias)``: positive joins, negative separates, and a higher ``boundary_bias`` gives more cells.
+  ``"multicut"`` weights each cost by the border's length and solves the multicut (greedy additive edge
+  contraction, then Kernighan-Lin); ``"gasp"`` merges by the border-length-weighted average cost between
+  clusters while it stays positive.
 
 Every method ends the same way: the interior pixels of each segment (``p < membrane_threshold``) are its
 seed, seeds smaller than ``min_size`` pixels are dropped, and a watershed floods the membrane from the kept
@@ -41,7 +50,7 @@ from .metrics import thinned_segmentation
 
 __all__ = ["CELL_METHODS", "CellLabeller", "label_cells", "label_cell_stack"]
 
-CELL_METHODS = ("components", "watershed", "mutex_watershed", "agglomeration")
+CELL_METHODS = ("components", "watershed", "mutex_watershed", "agglomeration", "multicut", "gasp")
 
 
 def _distance_seeds(interior: np.ndarray, seed_depth: float) -> np.ndarray:
@@ -103,6 +112,33 @@ def _agglomerate(fragments: np.ndarray, probability: np.ndarray, merge_threshold
     )  # fmt: skip
 
 
+def _superpixels(probability: np.ndarray, membrane_threshold: float, sigma_seeds: float) -> np.ndarray:
+    """elf's distance-transform watershed: superpixels that split wherever a cell could (membrane above the
+    threshold; elf's defaults for the height map and the 25-pixel size filter)."""
+    from elf.segmentation.watershed import distance_transform_watershed
+
+    superpixels, _ = distance_transform_watershed(probability, membrane_threshold, sigma_seeds, min_size=25)
+    return superpixels.astype(np.int64)
+
+
+def _partition(superpixels: np.ndarray, probability: np.ndarray, method: str, boundary_bias: float) -> np.ndarray:
+    """Superpixels joined by a multicut or GASP of their region adjacency graph (module docstring)."""
+    from elf.segmentation import features, gasp, multicut
+
+    graph = features.compute_rag(superpixels, n_threads=1)
+    if graph.number_of_edges == 0:
+        return superpixels
+    evidence = maximum_filter(probability, footprint=generate_binary_structure(2, 1))
+    boundary, length = features.compute_boundary_mean_and_length(graph, superpixels, evidence, n_threads=1).T
+    if method == "multicut":
+        costs = multicut.compute_edge_costs(boundary, length, beta=boundary_bias, weighting_scheme="all")
+        nodes = multicut.multicut_kernighan_lin(graph, costs)
+    else:
+        costs = multicut.compute_edge_costs(boundary, beta=boundary_bias)
+        nodes, _ = gasp.run_GASP(graph, costs, linkage_criteria="mean", edge_sizes=length)
+    return features.project_node_labels_to_pixels(graph, superpixels, np.asarray(nodes), n_threads=1).astype(np.int64)
+
+
 def label_cells(
     membrane_probability: np.ndarray,
     membrane_threshold: float = 0.5,
@@ -112,6 +148,8 @@ def label_cells(
     long_range: int = 9,
     repulsion_bias: float = 0.5,
     merge_threshold: float = 0.5,
+    sigma_seeds: float = 2.0,
+    boundary_bias: float = 0.5,
 ) -> np.ndarray:
     """The cells of one section (the methods and their parameters: see the module docstring).
 
@@ -124,6 +162,9 @@ def label_cells(
         long_range: ``"mutex_watershed"``: the length in pixels of the repulsive offsets.
         repulsion_bias: ``"mutex_watershed"``: subtracted from the long-range affinities ``1 - max(p)``.
         merge_threshold: ``"agglomeration"``: neighbours merge while their mean boundary probability is below.
+        sigma_seeds: ``"multicut"``, ``"gasp"``: smoothing of the distance transform whose maxima seed the
+            superpixels, in pixels (higher: fewer superpixels).
+        boundary_bias: ``"multicut"``, ``"gasp"``: the cost's bias, in (0, 1); higher gives more cells.
 
     Returns:
         (H, W) int32 cell ids 1..K, 0 on the 1-pixel lines between cells; all 0 when there is no interior.
@@ -135,6 +176,8 @@ def label_cells(
         raise ValueError("membrane probability contains NaN or infinite values")
     if method not in CELL_METHODS:
         raise ValueError(f"cell method must be one of {CELL_METHODS}, got {method!r}")
+    if not 0 < boundary_bias < 1:
+        raise ValueError(f"boundary_bias must be in (0, 1), got {boundary_bias}")
     interior = probability < membrane_threshold
     if not interior.any():
         return np.zeros(probability.shape, dtype=np.int32)
@@ -145,6 +188,9 @@ def label_cells(
     else:  # the segments' interior pixels seed the cells: a segment that is all membrane is none
         if method == "mutex_watershed":
             segments = _mutex_watershed(probability, long_range, repulsion_bias)
+        elif method in ("multicut", "gasp"):
+            superpixels = _superpixels(probability, membrane_threshold, sigma_seeds)
+            segments = _partition(superpixels, probability, method, boundary_bias)
         else:
             fragments = watershed(probability, markers=_distance_seeds(interior, seed_depth), connectivity=1)
             segments = _agglomerate(fragments, probability, merge_threshold)
@@ -173,6 +219,12 @@ class CellLabeller:
         membrane_threshold = number(membrane_threshold, "cells#membrane_threshold", 0, 1)
         if "min_size" in parameters:
             parameters["min_size"] = number(parameters["min_size"], "cells#min_size", 0, integer=True)
+        if "sigma_seeds" in parameters:
+            parameters["sigma_seeds"] = number(parameters["sigma_seeds"], "cells#sigma_seeds", 0)
+        if "boundary_bias" in parameters:
+            bias = parameters["boundary_bias"] = number(parameters["boundary_bias"], "cells#boundary_bias", 0, 1)
+            if bias in (0, 1):
+                raise InputError(f"--cells#boundary_bias: {bias!r} must lie strictly between 0 and 1")
         self.options = {"method": method, "membrane_threshold": membrane_threshold, **parameters}
         try:
             label_cells(np.array([[0.0, 1.0, 0.0]], np.float32), **self.options)  # two cells: a valid probe
