@@ -96,6 +96,14 @@ def test_the_distance_watershed_splits_cells_joined_through_a_gap():
 
 
 @pytest.mark.parametrize("method", ["multicut", "gasp"])
+def test_the_documented_graph_partition_override_labels_a_section(method):
+    """docs/cells.md's command line, as the configs build it."""
+    membrane, expected = grid_section(cells_per_side=4, cell=12)
+    labeller = CellLabeller(method, membrane_threshold=0.4, sigma_seeds=3, boundary_bias=0.1, min_size=64)
+    assert same_partition(labeller(membrane), expected)
+
+
+@pytest.mark.parametrize("method", ["multicut", "gasp"])
 def test_graph_partitions_join_across_weak_boundaries_as_the_bias_says(method):
     """Superpixels split at a faint line (0.3) and a real membrane (0.9): the boundary bias 0.5 joins across the
     faint line only (its cost log(0.7 / 0.3) > 0), 0.8 cuts it too (log(0.7 / 0.3) + log(0.2 / 0.8) < 0)."""
@@ -141,8 +149,9 @@ def test_the_cell_labeller_holds_a_method_and_its_parameters():
         CellLabeller("magic")
     with pytest.raises(InputError, match="cells: .*seed_dept"):
         CellLabeller("watershed", seed_dept=2.0)
-    with pytest.raises(InputError, match="--cells#boundary_bias: 1.0 must lie strictly between 0 and 1"):
-        CellLabeller("multicut", boundary_bias=1)
+    for bias in (1, 2):
+        with pytest.raises(InputError, match=f"--cells#boundary_bias: {bias:.1f} must lie strictly between 0 and 1"):
+            CellLabeller("multicut", boundary_bias=bias)
     with pytest.raises(InputError, match="--cells#sigma_seeds"):
         CellLabeller("gasp", sigma_seeds=-1)
 

@@ -8,8 +8,9 @@ parameters):
   membrane by a watershed of the binary map until they meet on 1-pixel lines (the "border thinning" the ISBI
   scorer applies, so the cell map is the partition the challenge scores at that threshold).
 * ``"watershed"``: a watershed of the membrane probability seeded with the h-maxima of the interior's distance
-  transform (elf's distance-transform watershed): a cell joined to its neighbour through a gap in the
-  membrane gets two seeds when the gap's half-width is at least ``seed_depth`` pixels below both centres.
+  transform (the idea of elf's distance-transform watershed, with scikit-image): a cell joined to its neighbour
+  through a gap in the membrane gets two seeds when the gap's half-width is at least ``seed_depth`` pixels below
+  both centres.
 * ``"mutex_watershed"``: the mutex watershed (``mwatershed``) on affinities read off the probability:
   nearest neighbours attract with ``1 - max(p)`` of the pair; pairs ``long_range`` pixels apart repel with the
   strongest membrane on the straight path between them, offset by ``repulsion_bias`` (higher = more cells).
@@ -17,14 +18,16 @@ parameters):
   the boundary between two neighbours (the higher of each pixel pair across it) is below ``merge_threshold``
   (scikit-image's hierarchical merging of the boundary region adjacency graph).
 * ``"multicut"`` and ``"gasp"``: graph partitions of superpixels (Beier et al., Nature Methods 2017; Bailoni et
-  al., ECCV 2022), with python-elf on bioimage-cpp. The superpixels are elf's distance-transform watershed of the
-  probability (seeds at the maxima of the interior's distance transform smoothed by ``sigma_seeds``). Each pair of
+  al., CVPR 2022), with python-elf on bioimage-cpp. The superpixels are elf's distance-transform watershed of the
+  probability (interior ``p <= membrane_threshold``; seeds at the maxima of its distance transform smoothed by
+  ``sigma_seeds``; superpixels under 25 pixels join a neighbour first, so ``min_size`` below 25 changes nothing
+  for these two). Each pair of
   neighbouring superpixels gets the mean boundary evidence ``b`` of their shared border (as ``"agglomeration"``'s:
   a 1-pixel membrane lies on one side only) and the cost ``log((1 - b) / b) + log((1 - boundary_bias) /
-  boundary_bias)``: positive joins, negative separates, and a higher ``boundary_bias`` gives more cells.
-  ``"multicut"`` weights each cost by the border's length and solves the multicut (greedy additive edge
-  contraction, then Kernighan-Lin); ``"gasp"`` merges by the border-length-weighted average cost between
-  clusters while it stays positive.
+  boundary_bias)`` (elf's, with ``b`` kept within [0.001, 0.999]): positive joins, negative separates, and a
+  higher ``boundary_bias`` gives more cells. ``"multicut"`` weights each cost by the border's length (relative to
+  the longest) and solves the multicut (greedy additive edge contraction, then Kernighan-Lin); ``"gasp"`` merges
+  by the border-length-weighted average cost between clusters while it stays positive.
 
 Every method ends the same way: the interior pixels of each segment (``p < membrane_threshold``) are its
 seed, seeds smaller than ``min_size`` pixels are dropped, and a watershed floods the membrane from the kept
@@ -113,20 +116,24 @@ def _agglomerate(fragments: np.ndarray, probability: np.ndarray, merge_threshold
 
 
 def _superpixels(probability: np.ndarray, membrane_threshold: float, sigma_seeds: float) -> np.ndarray:
-    """elf's distance-transform watershed: superpixels that split wherever a cell could (membrane above the
-    threshold; elf's defaults for the height map and the 25-pixel size filter)."""
+    """(H, W) int64 superpixels of the (H, W) probability: elf's distance-transform watershed, split wherever a cell
+    could be (membrane above ``membrane_threshold``; seeds at the maxima of the distance transform smoothed by
+    ``sigma_seeds``; elf's height map)."""
     from elf.segmentation.watershed import distance_transform_watershed
 
+    # 25 pixels, not elf's 100: the cells' own min_size (64 by default) decides which small cells stay
     superpixels, _ = distance_transform_watershed(probability, membrane_threshold, sigma_seeds, min_size=25)
     return superpixels.astype(np.int64)
 
 
 def _partition(superpixels: np.ndarray, probability: np.ndarray, method: str, boundary_bias: float) -> np.ndarray:
-    """Superpixels joined by a multicut or GASP of their region adjacency graph (module docstring)."""
-    from elf.segmentation import features, gasp, multicut
+    """(H, W) int64 segments: the superpixels joined by ``method`` (``"multicut"`` or ``"gasp"``) on their region
+    adjacency graph, with costs from the (H, W) probability and ``boundary_bias`` (module docstring)."""
+    from elf.segmentation import features, gasp, multicut  # a second to import: only for these two methods
 
+    # one thread: the cells of a block run on the core the network leaves them (scripts.volumes.LocalRunner)
     graph = features.compute_rag(superpixels, n_threads=1)
-    if graph.number_of_edges == 0:
+    if graph.number_of_edges == 0:  # one superpixel: nothing to join (and elf's weighting needs an edge)
         return superpixels
     evidence = maximum_filter(probability, footprint=generate_binary_structure(2, 1))
     boundary, length = features.compute_boundary_mean_and_length(graph, superpixels, evidence, n_threads=1).T
@@ -222,8 +229,8 @@ class CellLabeller:
         if "sigma_seeds" in parameters:
             parameters["sigma_seeds"] = number(parameters["sigma_seeds"], "cells#sigma_seeds", 0)
         if "boundary_bias" in parameters:
-            bias = parameters["boundary_bias"] = number(parameters["boundary_bias"], "cells#boundary_bias", 0, 1)
-            if bias in (0, 1):
+            bias = parameters["boundary_bias"] = number(parameters["boundary_bias"], "cells#boundary_bias")
+            if not 0 < bias < 1:
                 raise InputError(f"--cells#boundary_bias: {bias!r} must lie strictly between 0 and 1")
         self.options = {"method": method, "membrane_threshold": membrane_threshold, **parameters}
         try:
