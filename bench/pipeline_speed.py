@@ -173,9 +173,9 @@ def compile_outcome(log: str) -> str | None:
     return "matched eager" if "torch.compile matches eager" in log else None
 
 
-def chosen_backend(log: Path) -> str | None:
-    """What the command's log says the network ran on (``network on cpu: ...``; None for bundles before 0.12.0)."""
-    lines = [line.split("network on ", 1)[1] for line in log.read_text().splitlines() if "network on " in line]
+def chosen_backend(log: str) -> str | None:
+    """What a command's log says the network ran on (``network on cpu: ...``; None for bundles before 0.12.0)."""
+    lines = [line.split("network on ", 1)[1] for line in log.splitlines() if "network on " in line]
     return lines[0] if lines else None
 
 
@@ -193,7 +193,7 @@ def measure(sections: int = 120, repeats: int = 3, bundle: Path = BUNDLE, backen
         best = min(commands, key=lambda measured: measured["seconds"])
         results["startup_seconds"] = startups
         results["test_volume"] = {"runs": commands, "best_seconds": best["seconds"]}
-        results["test_volume"]["network"] = chosen_backend(folder / "test.log")
+        results["test_volume"]["network"] = chosen_backend((folder / "test.log").read_text())
         over = best["seconds"] - startup
         print(f"start-up {startup:.2f} s; the command on the 30-section test volume {best['seconds']:.2f} s "
               f"({over:.2f} s more), peak RSS {best['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
@@ -202,8 +202,8 @@ def measure(sections: int = 120, repeats: int = 3, bundle: Path = BUNDLE, backen
         volume = make_volume(folder / f"volume_{sections}.tif", sections)
         cache = {"TORCHINDUCTOR_CACHE_DIR": str(folder / "compile_cache")}  # a compile, if chosen, from nothing
         large = infer(volume, folder / "out", folder / "large.log", bundle, cache, **flags)
-        large["network"] = chosen_backend(folder / "large.log")
-        large["compile"] = compile_outcome((folder / "large.log").read_text())
+        log = (folder / "large.log").read_text()
+        large["network"], large["compile"] = chosen_backend(log), compile_outcome(log)
         volume.unlink()
         pipeline = sections / (large["seconds"] - startup)
         if bundle != BUNDLE:

@@ -339,9 +339,8 @@ def create_ome_zarr(path: str | Path, shape, chunks, image_dtype, label_dtype=np
     """
     import zarr
 
-    zarr_format = (
-        3 if checked_ome_zarr_version(version) == "0.5" else 2
-    )  # as ome-zarr's FormatV05 / FormatV04, unimported
+    version = checked_ome_zarr_version(version)
+    zarr_format = 3 if version == "0.5" else 2  # as ome-zarr's FormatV05 / FormatV04, unimported
     root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     options = {"shape": shape, "chunks": chunks, "fill_value": 0}
     if zarr_format == 3:
