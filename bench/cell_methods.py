@@ -83,21 +83,38 @@ SCORES = ("v_rand", "v_info", "v_rand_split", "v_rand_merge", "cells", "true_cel
 
 
 def predict(
-    items: list[dict], model_path: Path, timings: list | None = None, network_config: str | None = None
+    items: list[dict],
+    model_path: Path,
+    timings: list | None = None,
+    network_config: str | None = None,
+    section_context: int = 0,
+    test_time_augmentation: bool = False,
 ) -> list[np.ndarray]:
-    """Membrane probabilities of the items' images, with inference.json's preprocessing, network and inferer
-    (``network_config``: a network overlay such as ``configs/segnet.json`` on top); appends the network's best-of-3
-    milliseconds per section to ``timings`` when given."""
+    """Membrane probabilities of the items' images, with inference.json's preprocessing, network, inferer and
+    postprocessing (``network_config``: an overlay such as ``configs/segnet.json`` on top; items of
+    ``load_labelled_stack(..., section_context)`` for a network with section context; averaged over the 8 flips
+    and quarter turns with ``test_time_augmentation``); appends the network's best-of-3 milliseconds per section
+    to ``timings`` when given."""
     config = ConfigParser()
     overlays = [str(BUNDLE / network_config)] if network_config else []
     config.read_config([str(BUNDLE / "configs" / "inference.json"), *overlays])
-    config.update({"bundle_root": str(BUNDLE), "device": "cpu"})
+    config.update(
+        {
+            "bundle_root": str(BUNDLE),
+            "device": "cpu",
+            "section_context": section_context,
+            "test_time_augmentation": test_time_augmentation,
+        }
+    )
     network = load_weights(config.get_parsed_content("network_def"), model_path).eval()
-    preprocessing = config.get_parsed_content("preprocessing")
+    preprocessing, postprocessing = (
+        config.get_parsed_content("preprocessing"),
+        config.get_parsed_content("postprocessing"),
+    )
     inferer = config.get_parsed_content("inferer")
     images = [preprocessing({"image": item["image"]})["image"][None] for item in items]
     with torch.no_grad():
-        maps = [torch.sigmoid(inferer(image, network))[0, 0].numpy() for image in images]
+        maps = [np.asarray(postprocessing({"pred": inferer(image, network)[0]})["pred"][0]) for image in images]
         if timings is not None:
             runs = []
             for _ in range(3):

@@ -17,7 +17,8 @@ interrupted training run resumes from its latest checkpoint, so the folds can ru
 ``--network_config`` adds a network overlay to training, cell choice and evaluation (the SegNet of the README's
 table: ``--folds 4 --network_config configs/segnet.json --output docs/results/segnet_fold4``).
 
-``OUTPUT/summary.md`` gets mean +- sd over the folds done so far. About 40 minutes a fold on 2 CPU cores.
+``OUTPUT/summary.json`` (and the table ``OUTPUT/summary.md``) gets each fold's test scores and their mean +- sd
+over the folds done so far. About 40 minutes a fold on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -86,30 +87,49 @@ def run_fold(fold: int, output: Path, dataset_dir: Path, network_config: str | N
     return json.loads((folder / "metrics.json").read_text())
 
 
-def summary_table(output: Path) -> str:
-    rows, values = [], {}
+SCORES = {
+    "V_rand (map)": ("mean_at_fixed_threshold", "v_rand"),
+    "V_info (map)": ("mean_at_fixed_threshold", "v_info"),
+    "V_rand (cells)": ("cells", "v_rand"),
+    "V_info (cells)": ("cells", "v_info"),
+}
+
+
+def summary(output: Path) -> dict:
+    """Each finished fold's test scores, and their mean and sd (ddof 1) over the folds."""
+    folds = []
     for folder in sorted(output.glob("fold_*")):
         if not (folder / "metrics.json").is_file():
             continue
         metrics = json.loads((folder / "metrics.json").read_text())
-        row = {
-            "V_rand (map)": metrics["mean_at_fixed_threshold"]["v_rand"],
-            "V_info (map)": metrics["mean_at_fixed_threshold"]["v_info"],
-            "V_rand (cells)": metrics["cells"]["mean"]["v_rand"],
-            "V_info (cells)": metrics["cells"]["mean"]["v_info"],
+        scores = {
+            name: metrics[part]["mean"][score] if part == "cells" else metrics[part][score]
+            for name, (part, score) in SCORES.items()
         }
-        for key, value in row.items():
-            values.setdefault(key, []).append(value)
-        sections = f"{metrics['slices'][0]}–{metrics['slices'][-1]}"
-        rows.append(f"| {folder.name} ({sections}) | m = {metrics['fixed_threshold']} | " + " | ".join(
-            f"{value:.4f}" for value in row.values()) + " |")  # fmt: skip
-    header = "| fold (test sections) | membrane threshold | " + " | ".join(values) + " |"
-    lines = [header, "| --- " * (len(values) + 2) + "|", *rows]
-    if values:
-        count = len(next(iter(values.values())))
-        spread = [np.std(v, ddof=1) if len(v) > 1 else float("nan") for v in values.values()]
-        means = " | ".join(f"{np.mean(v):.4f} ± {sd:.4f}" for v, sd in zip(values.values(), spread, strict=True))
-        lines.append(f"| **mean ± sd ({count} folds)** | | {means} |")
+        row = {"fold": folder.name, "test_slices": metrics["slices"], "membrane_threshold": metrics["fixed_threshold"]}
+        folds.append({**row, "scores": scores})
+    values = {name: [fold["scores"][name] for fold in folds] for name in SCORES}
+    statistics = {
+        name: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else None}
+        for name, v in values.items()
+        if v
+    }
+    return {"folds": folds, "mean_sd": statistics}
+
+
+def summary_table(result: dict) -> str:
+    """:func:`summary` as the Markdown table of docs/training.md."""
+    lines = ["| fold (test sections) | membrane threshold | " + " | ".join(SCORES) + " |", "| --- " * 6 + "|"]
+    for fold in result["folds"]:
+        scores = " | ".join(f"{value:.4f}" for value in fold["scores"].values())
+        sections = f"{fold['test_slices'][0]}–{fold['test_slices'][-1]}"
+        lines.append(f"| {fold['fold']} ({sections}) | m = {fold['membrane_threshold']} | {scores} |")
+    if result["folds"]:
+        spread = [
+            f"{s['mean']:.4f} ± {s['sd']:.4f}" if s["sd"] is not None else f"{s['mean']:.4f}"
+            for s in result["mean_sd"].values()
+        ]
+        lines.append(f"| **mean ± sd ({len(result['folds'])} folds)** | | {' | '.join(spread)} |")
     return "\n".join(lines)
 
 
@@ -127,7 +147,9 @@ def main() -> None:
             continue
         metrics = run_fold(fold, output, args.dataset_dir.resolve(), args.network_config)
         print(f"fold {fold}: cells V_rand {metrics['cells']['mean']['v_rand']:.4f}", flush=True)
-    table = summary_table(output)
+    result = summary(output)
+    (output / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = summary_table(result)
     (output / "summary.md").write_text(table + "\n")
     print(table)
 

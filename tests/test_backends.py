@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
-from monai.transforms import Activationsd, Compose, EnsureChannelFirstd
+from monai.transforms import Activationsd, Compose
 
 from scripts.backends import COMPILE_MIN_WINDOWS, CompiledNetwork, choose_backend, cpu_flags
 from scripts.errors import InputError
 from scripts.pipeline import SectionPredictor
-from scripts.transforms import ScaleSectionIntensityd
+from scripts.transforms import ScaleSectionIntensityd, SectionContextd
 
 AVX2 = frozenset({"sse2", "avx", "avx2", "fma"})
 AMX = AVX2 | {"avx512f", "amx_tile", "amx_bf16", "amx_int8"}
@@ -24,7 +24,7 @@ def tiny_network() -> torch.nn.Module:
 
 
 def tiny_predictor(backend: str) -> SectionPredictor:
-    preprocessing = Compose([EnsureChannelFirstd("image", channel_dim="no_channel"), ScaleSectionIntensityd("image")])
+    preprocessing = Compose([SectionContextd("image"), ScaleSectionIntensityd("image")])
     window = SlidingWindowInferer(roi_size=(32, 32), overlap=0.25, mode="gaussian")
     return SectionPredictor(tiny_network(), window, preprocessing, Activationsd("pred", sigmoid=True), backend=backend)
 

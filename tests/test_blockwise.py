@@ -11,6 +11,8 @@ from scripts.blockwise import (
     Block,
     CellIds,
     block_cells,
+    checked_context,
+    context_sections,
     plan_blocks,
     prediction_region,
     seam_merges,
@@ -19,6 +21,7 @@ from scripts.blockwise import (
     window_starts,
 )
 from scripts.cells import CellLabeller, label_cell_stack
+from scripts.errors import InputError
 
 
 def monai_window_starts(size: int, roi: int, overlap: float) -> list[int]:
@@ -147,3 +150,31 @@ def test_window_count_is_the_windows_monai_places():
     regions = [prediction_region(block, (300, 300), roi, overlap, 16) for block in tiles]
     expected = sum(monai_count(rows.stop - rows.start, columns.stop - columns.start) for rows, columns in regions)
     assert window_count(tiles, (300, 300), roi, overlap, 16) == expected > len(tiles)
+
+
+@pytest.mark.parametrize(
+    ("z", "context", "depth", "expected"),
+    [
+        (5, 2, 30, [3, 4, 5, 6, 7]),  # inside the stack: the neighbours themselves
+        (0, 2, 30, [2, 1, 0, 1, 2]),  # first section: mirrored, the end not repeated
+        (29, 2, 30, [27, 28, 29, 28, 27]),  # last section
+        (1, 2, 30, [1, 0, 1, 2, 3]),
+        (0, 1, 2, [1, 0, 1]),
+        (1, 3, 3, [2, 1, 0, 1, 2, 1, 0]),  # context deeper than the stack: mirrored again
+        (0, 2, 1, [0, 0, 0, 0, 0]),  # one section mirrors onto itself
+        (4, 0, 9, [4]),
+    ],
+)
+def test_context_sections_mirror_at_the_stack_ends_as_numpy_reflect(z, context, depth, expected):
+    assert context_sections(z, context, depth) == expected
+    if depth > 1:
+        padded = np.pad(np.arange(depth), context, mode="reflect")
+        assert expected == padded[z : z + 2 * context + 1].tolist()
+
+
+@pytest.mark.parametrize("context", [-1, 1.5, True, "1"])
+def test_a_section_context_that_is_not_a_whole_number_of_sections_is_refused(context):
+    with pytest.raises(InputError, match=r"--section_context .*: must be a whole number of sections >= 0"):
+        checked_context(context)
+    with pytest.raises(ValueError, match="section 3 is outside a stack of 3 sections"):
+        context_sections(3, 1, 3)

@@ -2,6 +2,7 @@
 
 import os
 import random
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -117,6 +118,19 @@ def test_load_weights_errors_name_the_file_and_never_load_partly(tmp_path, write
         load_weights(network, path)
     assert str(path) in str(error.value)
     assert all(torch.equal(before[name], value) for name, value in network.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("trained", "hint"),
+    [
+        (torch.nn.Conv2d(3, 2, 3), "; the weights take 3 sections: --section_context 1; nothing was loaded"),
+        (torch.nn.Conv2d(1, 8, 3), "; the weights give 8 outputs: add configs/affinities.json; nothing was loaded"),
+    ],
+)
+def test_weights_of_another_section_context_or_target_say_so(tmp_path, trained, hint):
+    torch.save(trained.state_dict(), tmp_path / "model.pt")
+    with pytest.raises(InputError, match=re.escape(hint)):
+        load_weights(torch.nn.Conv2d(1, 2, 3), tmp_path / "model.pt")
 
 
 def _training_objects(tmp_path, amp=False, weight_average=None):

@@ -196,6 +196,13 @@ def test_evaluation_scores_the_cells_inference_writes():
     assert cell_options("configs/train.json", "configs/evaluate.json") == cell_options("configs/inference.json")
 
 
+@pytest.mark.parametrize("overlay", [[], ["configs/affinities.json"]])
+def test_training_and_evaluation_derive_the_membrane_as_inference_does(overlay):
+    """train.json's postprocessing (validation, evaluation) is inference.json's, with or without an overlay."""
+    train = bundle_config(["configs/train.json", "configs/evaluate.json", *overlay]).get("postprocessing")
+    assert train == bundle_config(["configs/inference.json", *overlay]).get("postprocessing")
+
+
 def test_evaluate_with_a_given_threshold_and_test_time_augmentation(trained, tiny_stack_dir, tmp_path):
     common = ["--dataset_dir", str(tiny_stack_dir), "--ckpt_dir", str(trained[1]), "--membrane_threshold", "0.7"]
     bundle_run("evaluating", EVALUATE, *common, "--output_dir", str(tmp_path), "--test_time_augmentation", "true")
@@ -350,6 +357,52 @@ def test_segnet_variants_train_evaluate_and_infer_through_the_same_configs(netwo
     bundle_run("inferring", with_network("inference.json"), *common, "--output_dir", str(tmp_path / "inference"))
     segmentation = tifffile.imread(tmp_path / "inference" / "test-volume_segmentation.tif")
     assert segmentation.shape == (3, 96, 96) and set(np.unique(segmentation)) <= {0, 255}
+
+
+def test_section_context_trains_evaluates_and_infers_through_the_same_configs(tiny_stack_dir, tmp_path):
+    """``--section_context 1``: three sections in, the same outputs; tiles with their z-halo give the whole
+    sections' probability; weights of another context are refused in one line."""
+    common = ["--dataset_dir", str(tiny_stack_dir), "--ckpt_dir", str(tmp_path / "models"), "--section_context", "1"]
+    bundle_run("training", TRAIN, *common, "--output_dir", str(tmp_path / "run"), "--max_epochs", "1", *TINY_TRAINING)
+    weights = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert next(iter(weights.values())).shape[1] == 3  # the first convolution takes the three sections
+
+    bundle_run("evaluating", EVALUATE, *common, "--output_dir", str(tmp_path / "evaluate"))
+    assert json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["slices"] == [8, 9]
+
+    blocks_of = {"whole": [], "tiled": ["--block_size", "64"]}
+    for name, blocks in blocks_of.items():
+        bundle_run("inferring", INFER, *common, "--output_dir", str(tmp_path / name), *blocks)
+    whole, tiled = (tifffile.imread(tmp_path / name / "test-volume_membrane_probability.tif") for name in blocks_of)
+    assert whole.shape == (3, 96, 96) and np.abs(whole - tiled).max() <= 1e-4
+
+    plain = bundle_run("inferring", INFER, *common[:-2], "--output_dir", str(tmp_path / "plain"), check=False)
+    assert plain.returncode != 0
+    last_line = plain.stderr.strip().splitlines()[-1]
+    assert "model.pt: weights do not fit the configured network_def" in last_line
+    assert "the weights take 3 sections: --section_context 1" in last_line
+
+
+def test_affinities_train_evaluate_and_infer_through_the_same_configs(tiny_stack_dir, tmp_path):
+    """configs/affinities.json: eight offsets out, the membrane derived from them for every output."""
+
+    def with_affinities(*files: str) -> list[str]:
+        return ["--config_file", str([*(f"configs/{name}" for name in files), "configs/affinities.json"])]
+
+    common = ["--dataset_dir", str(tiny_stack_dir), "--ckpt_dir", str(tmp_path / "models")]
+    bundle_run(
+        "training", with_affinities("train.json"), *common, "--output_dir", str(tmp_path / "run"),
+        "--max_epochs", "1", *TINY_TRAINING,
+    )  # fmt: skip
+    weights = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert list(weights.values())[-1].shape[0] == 8  # the last layer's bias: one logit per offset
+    bundle_run(
+        "evaluating", with_affinities("train.json", "evaluate.json"), *common, "--output_dir", str(tmp_path / "e")
+    )
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["slices"] == [8, 9]
+    bundle_run("inferring", with_affinities("inference.json"), *common, "--output_dir", str(tmp_path / "inference"))
+    probability = tifffile.imread(tmp_path / "inference" / "test-volume_membrane_probability.tif")
+    assert probability.shape == (3, 96, 96) and 0 <= probability.min() and probability.max() <= 1
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,18 @@ def test_labelled_stack_gives_one_item_per_slice_with_membrane_targets(tiny_stac
     np.testing.assert_array_equal(items[0]["label"], (raw == 0).astype(np.uint8))
 
 
+def test_with_section_context_each_image_is_its_section_between_its_mirrored_neighbours(tiny_stack_dir):
+    images = tifffile.imread(tiny_stack_dir / "train-volume.tif")
+    items = load_labelled_stack(tiny_stack_dir / "train-volume.tif", tiny_stack_dir / "train-labels.tif", None, 2)
+    plain = load_labelled_stack(tiny_stack_dir / "train-volume.tif", tiny_stack_dir / "train-labels.tif")
+    assert [item["image"].shape for item in items] == [(5, 96, 96)] * 10
+    np.testing.assert_array_equal(items[0]["image"], images[[2, 1, 0, 1, 2]])
+    np.testing.assert_array_equal(items[5]["image"], images[3:8])
+    np.testing.assert_array_equal(items[9]["image"], images[[7, 8, 9, 8, 7]])
+    for item, section in zip(items, plain, strict=True):
+        np.testing.assert_array_equal(item["label"], section["label"])  # labels stay the section's own
+
+
 def test_image_and_label_stacks_must_match(tmp_path):
     tifffile.imwrite(tmp_path / "images.tif", np.zeros((3, 8, 8), np.uint8))
     labels = np.full((2, 8, 8), 255, np.uint8)

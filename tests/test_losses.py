@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
 
-from scripts.losses import BorderWeightedDiceCELoss
+from scripts.losses import BorderWeightedDiceCELoss, MaskedAffinityLoss
 
 
 def _logits_and_mask(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,3 +38,31 @@ def test_weighted_loss_rejects_mismatched_shapes():
         BorderWeightedDiceCELoss()(logits, torch.cat([mask, mask, mask], dim=1))
     with pytest.raises(ValueError, match="logits"):
         BorderWeightedDiceCELoss()(logits[:, :, :4], mask)
+
+
+def _affinity_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, 3, 8, 8, generator=generator)
+    affinities = (torch.rand(2, 3, 8, 8, generator=generator) > 0.3).float()
+    mask = (torch.rand(2, 3, 8, 8, generator=generator) > 0.2).float()
+    return logits, affinities, mask
+
+
+def test_masked_affinity_loss_is_dice_and_cross_entropy_over_the_kept_pixels():
+    logits, affinities, mask = _affinity_batch()
+    target = torch.cat([torch.zeros_like(mask[:, :1]), affinities, mask], dim=1)
+    kept = mask.bool()
+    dice = DiceLoss(batch=True)(torch.sigmoid(logits) * mask, affinities * mask)
+    cross_entropy = F.binary_cross_entropy_with_logits(logits[kept], affinities[kept])
+    torch.testing.assert_close(MaskedAffinityLoss()(logits, target), dice + cross_entropy)
+    torch.testing.assert_close(MaskedAffinityLoss(cross_entropy=False)(logits, target), dice)
+
+
+def test_masked_pixels_do_not_move_the_affinity_loss():
+    logits, affinities, mask = _affinity_batch(1)
+    target = torch.cat([torch.zeros_like(mask[:, :1]), affinities, mask], dim=1)
+    changed = torch.where(mask.bool(), logits, logits + 5.0), torch.where(mask.bool(), affinities, 1 - affinities)
+    other = torch.cat([target[:, :1], changed[1], mask], dim=1)
+    torch.testing.assert_close(MaskedAffinityLoss()(changed[0], other), MaskedAffinityLoss()(logits, target))
+    with pytest.raises(ValueError, match=r"expected logits \(B, n, H, W\) and target \(B, 1 \+ 2n, H, W\)"):
+        MaskedAffinityLoss()(logits, target[:, :5])

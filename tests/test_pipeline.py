@@ -7,22 +7,22 @@ import torch
 from conftest import DATA, bundle_config
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import UNet
-from monai.transforms import Activationsd, Compose, EnsureChannelFirstd, ScaleIntensity
+from monai.transforms import Activationsd, Compose, ScaleIntensity
 
-from scripts.blockwise import Block, plan_blocks, prediction_region
+from scripts.blockwise import Block, context_sections, plan_blocks, prediction_region
 from scripts.cell_table import CellTable, section_table
 from scripts.cells import CellLabeller
 from scripts.errors import InputError
 from scripts.pipeline import SectionPredictor, label_block, predict_block, process_block
 from scripts.stack_io import read_stack
-from scripts.transforms import ScaleSectionIntensityd
+from scripts.transforms import ScaleSectionIntensityd, SectionContextd
 
 
 @pytest.fixture(scope="module")
 def predictor():
     torch.manual_seed(0)
     network = UNet(2, 1, 1, channels=(4, 8, 16), strides=(2, 2), num_res_units=1, norm="instance")
-    preprocessing = Compose([EnsureChannelFirstd("image", channel_dim="no_channel"), ScaleSectionIntensityd("image")])
+    preprocessing = Compose([SectionContextd("image"), ScaleSectionIntensityd("image")])
     window = SlidingWindowInferer(roi_size=(64, 64), overlap=0.25, mode="gaussian")
     return SectionPredictor(network, window, preprocessing, Activationsd("pred", sigmoid=True))
 
@@ -55,6 +55,41 @@ def test_tiles_are_predicted_as_their_whole_section(predictor):
     assert np.abs(tiled - whole).max() <= 1e-4
 
 
+class ContextChannel(torch.nn.Module):
+    """A "network" whose logit is one channel of its input: which section a block was predicted from."""
+
+    def __init__(self, channel: int) -> None:
+        super().__init__()
+        self.channel = channel
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image[:, self.channel : self.channel + 1].clone()  # the inferer weighs its output in place
+
+
+@pytest.mark.parametrize("channel", [0, 2])
+@pytest.mark.parametrize("tiled", [False, True])
+def test_a_block_is_predicted_from_its_region_in_its_mirrored_context_sections(channel, tiled):
+    """The z-halo: with context 1 a block's region is read in the sections around it (mirrored at the stack's first
+    and last sections), each scaled with its own section's range; the block's raw pixels are its own section's."""
+    rng = np.random.default_rng(2)
+    stack = np.stack([rng.integers(10 * z, 100 + 40 * z, (300, 280)) for z in range(4)]).astype(np.uint16)
+    window = SlidingWindowInferer(roi_size=(64, 64), overlap=0.25, mode="gaussian")
+    preprocessing = Compose([SectionContextd("image", context=1), ScaleSectionIntensityd("image")])
+    predictor = SectionPredictor(ContextChannel(channel), window, preprocessing, lambda item: item, section_context=1)
+    ranges = {z: (float(section.min()), float(section.max())) for z, section in enumerate(stack)} if tiled else None
+    for z in range(4):
+        block = Block(z, 0, 100, 150, 280) if tiled else Block(z, 0, 300, 0, 280)
+        raw, probability, (y, x) = predict_block(
+            block, lambda s, rows, columns: stack[s][rows, columns], predictor, stack.shape, ranges, cell_halo=16
+        )
+        region = (slice(y, y + raw.shape[0]), slice(x, x + raw.shape[1]))
+        neighbour = stack[context_sections(z, 1, 4)[channel]].astype(np.float64)
+        expected = (neighbour[region] - neighbour.min()) / (neighbour.max() - neighbour.min())
+        np.testing.assert_array_equal(raw, stack[z][region])
+        np.testing.assert_allclose(probability, expected, atol=1e-5)
+        assert (raw.size < stack[z].size) == tiled
+
+
 def test_a_whole_section_block_is_the_section_its_cells_and_their_table(predictor):
     section = read_stack(DATA / "test-volume.tif")[0][:200, :180]
     cells, table = CellLabeller(membrane_threshold=0.5, min_size=16), CellTable(pixel_size=(4, 4))
@@ -64,7 +99,7 @@ def test_a_whole_section_block_is_the_section_its_cells_and_their_table(predicto
         return section[rows, columns]
 
     block = Block(0, 0, 200, 0, 180)
-    result = process_block(block, read, predictor, cells, table, section.shape)
+    result = process_block(block, read, predictor, cells, table, (1, *section.shape))
     probability = predictor(section)
     np.testing.assert_array_equal(result.probability, probability)
     np.testing.assert_array_equal(result.cells, cells(probability))
@@ -80,7 +115,7 @@ def test_a_tile_leaves_the_cells_a_seam_may_cut_out_of_its_rows(predictor):
     cells, table = CellLabeller(membrane_threshold=0.5), CellTable()
     block = Block(0, 0, 100, 0, 100)  # the top-left tile of four
     raw, probability, origin = predict_block(
-        block, lambda z, rows, columns: section[rows, columns], predictor, section.shape, (0, 255), cell_halo=32
+        block, lambda z, rows, columns: section[rows, columns], predictor, (1, *section.shape), {0: (0, 255)}, 32
     )
     assert origin == (0, 0) and probability.shape == raw.shape and raw.shape > (100, 100)
     result = label_block(block, raw, probability, origin, section.shape, cells, table, band=4)
@@ -95,7 +130,7 @@ def test_nan_probabilities_stop_the_block(predictor):
         predictor.network, predictor.inferer, predictor.preprocessing, lambda item: {"pred": item["pred"] * np.nan}
     )
     with pytest.raises(InputError, match=r"block \(section 0, rows 0:64, columns 0:64\): the network gave NaN"):
-        predict_block(Block(0, 0, 64, 0, 64), lambda z, r, c: np.ones((64, 64)), broken, (64, 64), None, 0)
+        predict_block(Block(0, 0, 64, 0, 64), lambda z, r, c: np.ones((64, 64)), broken, (1, 64, 64), None, 0)
 
 
 def test_the_inference_config_builds_its_predictor_from_its_declared_pieces():

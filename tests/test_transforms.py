@@ -11,13 +11,18 @@ from conftest import two_cells
 from monai.transforms import ScaleIntensity
 from PIL import Image
 
+from scripts.errors import InputError
 from scripts.stack_io import StackError
 from scripts.transforms import (
+    AffinityTargetsd,
     BorderWeight,
     BorderWeightd,
+    InstanceLabelsd,
     LoadSlice,
     LoadSliced,
+    MembraneFromAffinitiesd,
     ScaleSectionIntensityd,
+    SectionContextd,
     border_weight_map,
 )
 
@@ -124,3 +129,85 @@ def test_scale_section_intensity_is_monais_min_max_on_a_whole_section_and_the_se
     tile = scale({"image": section[:, :10, :10], "intensity_range": (section.min(), section.max())})["image"]
     np.testing.assert_array_equal(tile, whole[:, :10, :10])
     assert not scale({"image": np.full((1, 5, 5), 7, np.uint8)})["image"].any()  # constant: 0, not a division by 0
+
+
+def test_scale_section_intensity_scales_each_context_section_with_its_own_range():
+    sections = np.stack([np.full((6, 6), 10), np.arange(36).reshape(6, 6), np.arange(36).reshape(6, 6) * 3])
+    scale = ScaleSectionIntensityd("image")
+    whole = scale({"image": sections})["image"]
+    expected = ScaleIntensity(minv=0.0, maxv=1.0, channel_wise=True)(torch.as_tensor(sections, dtype=torch.float32))
+    np.testing.assert_allclose(whole, expected, atol=1e-7)
+    ranges = [(s.min(), s.max()) for s in sections]
+    tile = scale({"image": sections[:, 1:4, 2:5], "intensity_range": ranges})["image"]
+    np.testing.assert_array_equal(tile, whole[:, 1:4, 2:5])
+    with pytest.raises(ValueError, match=r"expects a \(C, H, W\) image, got shape \(6, 6\)"):
+        scale({"image": sections[0]})
+
+
+def test_section_context_gives_the_sections_as_channels_and_repeats_a_lone_section():
+    lone = np.arange(12).reshape(3, 4)
+    assert SectionContextd("image")({"image": lone})["image"].shape == (1, 3, 4)
+    repeated = SectionContextd("image", context=2)({"image": lone})["image"]
+    assert repeated.shape == (5, 3, 4) and all((channel == lone).all() for channel in repeated)
+    stack = np.arange(36).reshape(3, 3, 4)
+    assert SectionContextd("image", context=1)({"image": stack})["image"] is stack
+    with pytest.raises(StackError, match=r"image of shape \(3, 3, 4\) is neither one \(H, W\) section nor the 5 "):
+        SectionContextd("image", context=2)({"image": stack})
+
+
+def test_load_sliced_matches_a_label_with_its_section_among_context_sections():
+    item = {"image": np.zeros((3, 4, 5), np.uint8), "label": np.zeros((4, 5), np.uint8)}
+    assert LoadSliced(["image", "label"])(item)["image"].shape == (3, 4, 5)
+    with pytest.raises(StackError, match=r"label is \(4, 6\) but its image \(in-memory section\) is \(3, 4, 5\)"):
+        LoadSliced(["image", "label"])({**item, "label": np.zeros((4, 6), np.uint8)})
+
+
+def _two_cells_and_a_membrane() -> torch.Tensor:
+    """A (1, 5, 7) membrane mask: a vertical membrane at column 3 between a left and a right cell, and one membrane
+    pixel inside the right cell at (2, 5)."""
+    membrane = np.zeros((5, 7), np.float32)
+    membrane[:, 3] = 1
+    membrane[2, 5] = 1
+    return torch.as_tensor(membrane)[None]
+
+
+def test_instance_labels_number_the_cells_from_2_and_mark_the_membrane_1():
+    label = InstanceLabelsd("label")({"label": _two_cells_and_a_membrane()})["label"]
+    assert label.shape == (2, 5, 7) and label.dtype == torch.float32
+    ids = label[1].numpy()
+    assert (ids[:, 3] == 1).all() and ids[2, 5] == 1
+    assert len(np.unique(ids[:, :3])) == 1 and len(np.unique(ids[:, 4:][ids[:, 4:] != 1])) == 1
+    assert ids[0, 0] != ids[0, 6] and ids.min() == 1 and set(np.unique(ids)) == {1, 2, 3}
+
+
+def test_affinity_targets_on_a_hand_made_instance_map():
+    """Offsets up, left and two to the left: 1 within a cell, 0 across or onto membrane, masked off the patch and
+    where a pixel lies outside the section (id 0)."""
+    label = InstanceLabelsd("label")({"label": _two_cells_and_a_membrane()})["label"]
+    label[1, 4, 0] = 0  # a pixel from outside the section
+    offsets = [[-1, 0], [0, -1], [0, -2]]
+    targets = AffinityTargetsd("label", offsets)({"label": label})["label"]
+    assert targets.shape == (7, 5, 7)
+    np.testing.assert_array_equal(targets[0], label[0])  # the membrane mask stays first
+    up, left, left2 = targets[1:4].numpy()
+    up_mask, left_mask, left2_mask = targets[4:].numpy()
+    assert (up_mask[0] == 0).all() and (up_mask[1:, 1:] == 1).all()  # the first row has no pixel above
+    assert up_mask[4, 0] == 0 and left_mask[4, 1] == 0  # pairs touching the outside pixel are ignored
+    assert (left2_mask[:, :2] == 0).all()
+    assert up[1, 1] == 1 and left[1, 2] == 1 and left2[1, 2] == 1  # inside the left cell
+    assert left[1, 4] == 0 and left[1, 3] == 0 and left2[1, 4] == 0  # across and onto the membrane
+    assert up[1, 3] == 0  # membrane to membrane: each membrane pixel is its own
+    assert up[2, 5] == 0 and up[3, 5] == 0 and up[1, 5] == 1  # the lone membrane pixel inside the right cell
+    assert left2[2, 6] == 1  # over the lone membrane pixel, both ends in the right cell
+
+
+def test_the_membrane_from_true_affinities_is_the_membrane_mask():
+    label = InstanceLabelsd("label")({"label": _two_cells_and_a_membrane()})["label"]
+    offsets = [[-3, 0], [0, -1], [-1, 0]]  # any order
+    targets = AffinityTargetsd("label", offsets)({"label": label})["label"]
+    membrane = MembraneFromAffinitiesd("pred", offsets)({"pred": targets[1:4]})["pred"]
+    np.testing.assert_array_equal(membrane, label[:1])
+    with pytest.raises(InputError, match=r"the membrane needs the nearest ones, \[-1, 0\] and \[0, -1\]"):
+        MembraneFromAffinitiesd("pred", [[-3, 0], [0, -3]])
+    with pytest.raises(InputError, match=r"must be a list of nonzero \[dy, dx\] pixel offsets"):
+        AffinityTargetsd("label", [[0, 0]])

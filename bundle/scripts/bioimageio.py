@@ -4,9 +4,10 @@
 ``bioimageio.spec`` and packs it into one ``.zip``:
 
 * input ``raw`` (batch, channel, y, x), sizes ``min + n * step`` that the network accepts (:func:`size_constraint`),
-  scaled to [0, 1] per image as the bundle's ``ScaleIntensityd`` does (the spec's ``scale_range`` at percentiles 0
-  and 100); output ``membrane_probability`` of the same size, a sigmoid of the network's logit, with a halo that a
-  tiling consumer crops;
+  scaled to [0, 1] per image and channel as the bundle's ``ScaleIntensityd`` does (the spec's ``scale_range`` at
+  percentiles 0 and 100); one channel, or the ``2k + 1`` sections around the section for a network with section
+  context ``k`` (channels ``raw_minus_k`` ... ``raw`` ... ``raw_plus_k``); output ``membrane_probability`` of
+  the same size, a sigmoid of the network's logit, with a halo that a tiling consumer crops;
 * weights as TorchScript, ONNX and a ``pytorch_state_dict`` whose architecture is MONAI's ``UNet`` (from the
   library) or the bundle's ``scripts/networks.py`` (from source, for SegNet and U-SegNet);
 * test tensors from a real ISBI section: the output is what the bundle's own inference predicts for it;
@@ -30,6 +31,7 @@ import numpy as np
 import tifffile
 import torch
 
+from .blockwise import context_sections
 from .errors import InputError
 from .flags import flag
 from .pipeline import SectionPredictor
@@ -196,16 +198,23 @@ class BioimageioExport:
 
     # -- the package's files -------------------------------------------------------------------------------
     def test_tensors(self) -> tuple[np.ndarray, np.ndarray]:
-        """(input, output) of section ``test_section``: raw intensities as float32 (1, 1, H, W), and the bundle's
-        membrane probability for them (the declared pipeline: preprocessing, inferer, postprocessing), (1, 1, H, W)."""
+        """(input, output) of section ``test_section``: raw intensities of it and its context sections as float32
+        (1, 2k + 1, H, W), and the bundle's membrane probability for them (the declared pipeline: preprocessing,
+        inferer, postprocessing), (1, 1, H, W)."""
         from .stack_io import read_stack
 
         stack = read_stack(self.test_image)
         if not 0 <= self.test_section < len(stack):
             raise InputError(f"--test_section {self.test_section}: {self.test_image} has {len(stack)} sections")
-        section = stack[self.test_section]
-        probability = self.predictor(section)
-        return section[None, None].astype(np.float32), probability[None, None].astype(np.float32)
+        sections = stack[context_sections(self.test_section, self.predictor.section_context, len(stack))]
+        probability = self.predictor(sections)
+        return sections[None].astype(np.float32), probability[None, None].astype(np.float32)
+
+    def channel_names(self) -> list[str]:
+        """The input's channels: ``raw``, with the context sections below (``raw_minus_i``) and above it."""
+        context = self.predictor.section_context
+        names = {-1: "raw_minus_{}", 0: "raw", 1: "raw_plus_{}"}
+        return [names[int(np.sign(i))].format(abs(i)) for i in range(-context, context + 1)]
 
     def _cover(self, raw: np.ndarray, probability: np.ndarray, path: Path) -> Path:
         """The section and its membrane probability side by side (2:1, as bioimage.io shows covers)."""
@@ -218,7 +227,7 @@ class BioimageioExport:
         return path
 
     def _weights(self, folder: Path, example: torch.Tensor) -> dict[str, Path]:
-        """The network as a state dict, TorchScript and ONNX (batch, y and x dynamic); ``example``: (1, 1, H, W)."""
+        """The network as a state dict, TorchScript and ONNX (batch, y and x dynamic); ``example``: (1, C, H, W)."""
         paths = {
             "pytorch_state_dict": folder / "weights.pt",
             "torchscript": folder / "weights_torchscript.pt",
@@ -242,9 +251,10 @@ class BioimageioExport:
         raw, probability = self.test_tensors()
         np.save(folder / "test_input.npy", raw)
         np.save(folder / "test_output.npy", probability)
-        tifffile.imwrite(folder / "sample_input.tif", raw[0, 0].astype(np.uint8 if raw.max() < 256 else np.float32))
+        sample = raw[0, 0] if raw.shape[1] == 1 else raw[0]
+        tifffile.imwrite(folder / "sample_input.tif", sample.astype(np.uint8 if raw.max() < 256 else np.float32))
         tifffile.imwrite(folder / "sample_output.tif", probability[0, 0])
-        cover = self._cover(raw[0, 0], probability[0, 0], folder / "cover.png")
+        cover = self._cover(raw[0, self.predictor.section_context], probability[0, 0], folder / "cover.png")
         weights = self._weights(folder, torch.from_numpy(raw) / 255.0)
         kind, source, kwargs = architecture_of(self.network)
         if kind == "library":
@@ -264,9 +274,10 @@ class BioimageioExport:
         yx = [spec.AxisId("y"), spec.AxisId("x")]
         inputs = spec.InputTensorDescr(
             id=raw_id,
-            description="one EM section, any intensity range (scaled to [0, 1] per image, as the bundle does)",
+            description="one EM section (with its neighbours for section context), any intensity range (scaled to "
+            "[0, 1] per image and channel, as the bundle does)",
             axes=[
-                spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("raw")]),
+                spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in self.channel_names()]),
                 *(spec.SpaceInputAxis(id=axis, size=spec.ParameterizedSize(min=smallest, step=step), unit="nanometer",
                                       scale=4.0) for axis in yx),
             ],

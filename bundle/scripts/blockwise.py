@@ -18,6 +18,10 @@ band with context on both sides, so the same cell overlaps itself there, and :fu
 ids whose pixels in the band are mostly each other's (mutual majority). :class:`CellIds` turns block-local ids
 into ids unique across the volume: block offsets in block order (section z's ids follow those of sections
 0..z-1, as :func:`scripts.cells.label_cell_stack`), and each merged group takes its smallest id.
+
+A network with section context takes a block's region in the ``2k + 1`` sections around it as channels: the
+z-halo of :func:`context_sections`, mirrored at the stack's ends, so every section sees neighbours on both sides
+as in training (:func:`scripts.datalists.load_labelled_stack`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ __all__ = [
     "Block",
     "tile_size",
     "plan_blocks",
+    "checked_context",
+    "context_sections",
     "window_starts",
     "prediction_region",
     "window_count",
@@ -93,6 +99,31 @@ def plan_blocks(shape: Sequence[int], block_size: int | None) -> list[Block]:
         for r in range(len(rows) - 1)
         for c in range(len(columns) - 1)
     ]
+
+
+def checked_context(context) -> int:
+    """``--section_context``, the sections on each side of a section that the network takes, checked: an int >= 0."""
+    if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+        raise InputError(f"--section_context {context!r}: must be a whole number of sections >= 0")
+    return context
+
+
+def context_sections(z: int, context: int, depth: int) -> list[int]:
+    """The ``2 * context + 1`` sections centred on section ``z`` of a ``depth``-section stack, mirrored at its ends
+    without repeating the end section (numpy's ``"reflect"``: ``2, 1 | 0, 1, 2, ...``); a one-section stack
+    mirrors onto itself.
+
+    >>> context_sections(0, 2, 30), context_sections(29, 1, 30), context_sections(0, 1, 1)
+    ([2, 1, 0, 1, 2], [28, 29, 28], [0, 0, 0])
+    """
+    if not 0 <= z < depth:
+        raise ValueError(f"section {z} is outside a stack of {depth} sections")
+    context = checked_context(context)
+    period = 2 * (depth - 1)
+    if period == 0:
+        return [0] * (2 * context + 1)
+    mirrored = [abs(s) % period for s in range(z - context, z + context + 1)]
+    return [s if s < depth else period - s for s in mirrored]
 
 
 def window_starts(size: int, roi: int, overlap: float) -> np.ndarray:

@@ -297,6 +297,22 @@ def _state_mismatch(expected: dict, found: dict) -> str:
     return "; ".join(parts)
 
 
+def _channels_hint(expected: dict, found: dict) -> str:
+    """Where the first and last layers of a 2D convolutional network disagree on their channels, what the weights
+    were trained for."""
+    hints = []
+    first, last = next(iter(expected)), next(reversed(expected))
+    if expected[first].ndim != 4:
+        return ""
+    if first in found and found[first].ndim == 4 and found[first].shape[1] != expected[first].shape[1]:
+        sections = found[first].shape[1]
+        hints.append(f"the weights take {sections} sections: --section_context {(sections - 1) // 2}")
+    if last in found and found[last].ndim and found[last].shape[0] != expected[last].shape[0]:
+        outputs = found[last].shape[0]
+        hints.append(f"the weights give {outputs} outputs" + (": add configs/affinities.json" if outputs > 1 else ""))
+    return "".join(f"; {hint}" for hint in hints)
+
+
 def load_weights(network: torch.nn.Module, path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
     """Load a model file (a state dict, plain or under a ``"model"`` key) into ``network``, strictly.
 
@@ -320,6 +336,7 @@ def load_weights(network: torch.nn.Module, path: str | Path, device: torch.devic
         raise InputError(f"{path}: weights hold NaN or infinite values ({', '.join(broken[:3])})")
     problem = _state_mismatch(network.state_dict(), state)
     if problem:
-        raise InputError(f"{path}: weights do not fit the configured network_def ({problem}); nothing was loaded")
+        hint = _channels_hint(network.state_dict(), state)
+        raise InputError(f"{path}: weights do not fit the configured network_def ({problem}){hint}; nothing was loaded")
     network.load_state_dict(state, strict=True)
     return network

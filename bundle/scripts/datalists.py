@@ -2,8 +2,11 @@
 
 A stack becomes one datalist item per section, ``{"image": (H, W) array, "label": (H, W) membrane mask,
 "slice": z}``, so MONAI datasets and transforms treat the shipped stacks and MONAI Label's per-section files
-alike. Splits are contiguous blocks of sections, written out by :func:`heldout_block`: neighbouring sections
-are strongly correlated, so a section never validates a model trained on its neighbours.
+alike. With section context ``k`` the image is the (2k + 1, H, W) stack of the section and its neighbours
+(mirrored at the stack's ends, :func:`scripts.blockwise.context_sections`); the label stays the section's own.
+
+Splits are contiguous blocks of sections, written out by :func:`heldout_block`: neighbouring sections are strongly
+correlated, so a section never validates a model trained on its neighbours.
 
 Each fold has three parts (:func:`split_sections`): the *test* block, which no choice sees; the *validation*
 block, the fold before it (cyclically), on which the checkpoint, the membrane threshold and the cell
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .blockwise import checked_context, context_sections
 from .errors import InputError
 from .stack_io import StackError, read_membrane_labels, read_stack
 
@@ -24,7 +28,7 @@ __all__ = ["load_labelled_stack", "heldout_block", "validation_block", "split_se
 
 
 def load_labelled_stack(
-    image_path: str | Path, label_path: str | Path, membrane_label: int | None = None
+    image_path: str | Path, label_path: str | Path, membrane_label: int | None = None, section_context: int = 0
 ) -> list[dict]:
     """Read an image stack and its label stack, check they match, and return one item per section.
 
@@ -32,9 +36,11 @@ def load_labelled_stack(
         image_path, label_path: the stacks (:func:`scripts.stack_io.read_stack`).
         membrane_label: the label value that marks membrane, or None for ISBI's 0, checked for plausibility
             (:func:`scripts.stack_io.read_membrane_labels`).
+        section_context: ``k``, the neighbouring sections on each side given with each image.
 
     Returns:
-        list of ``{"image": (H, W) array, "label": (H, W) uint8 membrane mask, "slice": z}``.
+        list of ``{"image": (H, W) array, or (2k + 1, H, W) with context, "label": (H, W) uint8 membrane mask,
+        "slice": z}``.
     """
     images = read_stack(image_path)
     membranes = read_membrane_labels(label_path, membrane_label)
@@ -43,7 +49,13 @@ def load_labelled_stack(
             f"{label_path}: label stack has shape {membranes.shape} but image stack {image_path} has "
             f"{images.shape}; they must match section for section"
         )
-    return [{"image": images[z], "label": membranes[z], "slice": z} for z in range(images.shape[0])]
+    depth = images.shape[0]
+    if not checked_context(section_context):
+        return [{"image": images[z], "label": membranes[z], "slice": z} for z in range(depth)]
+    return [
+        {"image": images[context_sections(z, section_context, depth)], "label": membranes[z], "slice": z}
+        for z in range(depth)
+    ]
 
 
 def heldout_block(num_slices: int, fold: int, num_folds: int) -> range:

@@ -11,7 +11,7 @@ tensors.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,15 @@ import torch
 from scipy.ndimage import find_objects
 
 from .backends import CompiledNetwork, choose_backend
-from .blockwise import Block, block_cells, prediction_region, shift_table, sliding_window_of
+from .blockwise import (
+    Block,
+    block_cells,
+    checked_context,
+    context_sections,
+    prediction_region,
+    shift_table,
+    sliding_window_of,
+)
 from .cell_table import CellTable
 from .cells import CellLabeller
 from .errors import InputError
@@ -34,14 +42,16 @@ class SectionPredictor:
     Args:
         network: the network with its weights.
         inferer: the configs' inferer (a ``SlidingWindowInferer``, or its test-time-augmentation wrapper).
-        preprocessing: the configs' ``preprocessing``, called on ``{"image": (h, w) raw, "intensity_range": (low,
-            high) or None}``; it returns the (1, h, w) float32 image the network takes.
-        postprocessing: the configs' ``postprocessing``, called on ``{"pred": (1, h, w) logits}``; it returns the
-            (1, h, w) probability.
+        preprocessing: the configs' ``preprocessing``, called on ``{"image": (h, w) raw, or (2k + 1, h, w) with
+            the neighbouring sections, "intensity_range": the sections' (low, high), one or one per section, or
+            None}``; it returns the (2k + 1, h, w) float32 image the network takes.
+        postprocessing: the configs' ``postprocessing``, called on ``{"pred": (C, h, w) logits}`` (C = 1 for the
+            membrane target, one per offset for affinities); it returns the (1, h, w) membrane probability.
         device: where the network runs.
         amp: float16 autocast, on CUDA only.
         backend: how the network runs (:mod:`scripts.backends`): ``"eager"``, ``"compile"``, ``"bf16"``, or
             ``"auto"``, chosen by :meth:`plan` for the run's size (before it, as for few windows).
+        section_context: ``k``, the neighbouring sections on each side that the network takes as channels.
     """
 
     def __init__(
@@ -53,8 +63,10 @@ class SectionPredictor:
         device: torch.device | str = "cpu",
         amp: bool = False,
         backend: str = "eager",
+        section_context: int = 0,
     ) -> None:
         self.network = network.eval()
+        self.section_context = checked_context(section_context)
         self.inferer, self.preprocessing, self.postprocessing = inferer, preprocessing, postprocessing
         self.device = torch.device(device)
         self.amp = bool(amp) and self.device.type == "cuda"
@@ -97,9 +109,10 @@ class SectionPredictor:
         return self
 
     @torch.no_grad()
-    def __call__(self, raw: np.ndarray, intensity_range: Sequence[float] | None = None) -> np.ndarray:
-        """The (h, w) float32 membrane probability of (h, w) ``raw`` pixels, scaled with ``intensity_range`` (the
-        section's minimum and maximum, for a region of it) or their own."""
+    def __call__(self, raw: np.ndarray, intensity_range: Sequence | None = None) -> np.ndarray:
+        """The (h, w) float32 membrane probability of a section's (h, w) ``raw`` pixels, or of (2k + 1, h, w) with
+        its neighbours, scaled with ``intensity_range`` (the sections' minimum and maximum, for a region of them)
+        or their own."""
         image = self.preprocessing({"image": raw, "intensity_range": intensity_range})["image"]
         image = torch.as_tensor(image, dtype=torch.float32).to(self.device)[None]
         bf16 = self.chosen == "bf16"
@@ -110,21 +123,21 @@ class SectionPredictor:
 
 
 def declared_predictor(
-    config_file: str | Path, network: torch.nn.Module, inferer: Callable, device: torch.device | str = "cpu",
-    amp: bool = False, backend: str = "eager",
+    config_file: str | Path, network: torch.nn.Module, inferer: Callable, postprocessing: Callable,
+    device: torch.device | str = "cpu", amp: bool = False, backend: str = "eager", section_context: int = 0,
 ) -> SectionPredictor:  # fmt: skip
-    """A predictor around ``network`` and ``inferer`` with the preprocessing and postprocessing that ``config_file``
-    (inference.json) declares: evaluation scores what inference computes, with the backend given here (eager fp32
-    by default, where ``auto`` may choose bf16 or ``torch.compile`` for inference)."""
+    """A predictor around ``network``, ``inferer`` and ``postprocessing`` (the evaluation config's, which train.json
+    declares as inference.json does and overlays such as affinities.json change in both) with the preprocessing
+    that ``config_file`` (inference.json) declares for ``section_context``: evaluation scores what inference
+    computes, with the backend given here (eager fp32 by default, where ``auto`` may choose bf16 or
+    ``torch.compile`` for inference)."""
     from monai.bundle import ConfigParser
 
     config = ConfigParser()
     config.read_config(str(config_file))
-    preprocessing, postprocessing = (
-        config.get_parsed_content("preprocessing"),
-        config.get_parsed_content("postprocessing"),
-    )
-    return SectionPredictor(network, inferer, preprocessing, postprocessing, device, amp, backend)
+    config["section_context"] = section_context
+    preprocessing = config.get_parsed_content("preprocessing")
+    return SectionPredictor(network, inferer, preprocessing, postprocessing, device, amp, backend, section_context)
 
 
 @dataclass
@@ -147,22 +160,25 @@ def predict_block(
     block: Block,
     read: Callable[[int, slice, slice], np.ndarray],
     predictor: SectionPredictor,
-    section_shape: Sequence[int],
-    section_range: Sequence[float] | None,
+    volume_shape: Sequence[int],
+    section_ranges: Mapping[int, tuple[float, float]] | None,
     cell_halo: int,
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """The network's step of a block: ``(raw, probability, origin)`` of the region around it (``origin``: its
-    first section pixel). ``section_range`` None: the block is a whole section, scaled with its own range."""
-    halo = cell_halo if section_range is not None else 0
-    rows, columns = prediction_region(block, section_shape, predictor.roi, predictor.window.overlap, halo)
-    raw = read(block.z, rows, columns)
-    probability = predictor(raw, section_range)
+    """The network's step of a block: ``(raw, probability, origin)`` of the region around it in its section
+    (``origin``: its first section pixel), predicted from that region in the predictor's context sections (the
+    z-halo, :func:`scripts.blockwise.context_sections`). ``section_ranges`` (each section's minimum and maximum)
+    None: the block is a whole section, and each section is scaled with its own range."""
+    halo = cell_halo if section_ranges is not None else 0
+    rows, columns = prediction_region(block, volume_shape[1:], predictor.roi, predictor.window.overlap, halo)
+    sections = context_sections(block.z, predictor.section_context, volume_shape[0])
+    raw = np.stack([read(z, rows, columns) for z in sections])
+    probability = predictor(raw, None if section_ranges is None else [section_ranges[z] for z in sections])
     if not np.isfinite(probability).all():
         raise InputError(
             f"{block}: the network gave NaN or infinite membrane probabilities; check the weights (--model_path) "
             "and the input; nothing was written"
         )
-    return raw, probability, (rows.start, columns.start)
+    return raw[predictor.section_context], probability, (rows.start, columns.start)
 
 
 def label_block(
@@ -199,8 +215,8 @@ def process_block(
     predictor: SectionPredictor,
     cells: CellLabeller,
     table: CellTable,
-    section_shape: Sequence[int],
-    section_range: Sequence[float] | None = None,
+    volume_shape: Sequence[int],
+    section_ranges: Mapping[int, tuple[float, float]] | None = None,
     cell_halo: int = 128,
     band: int = 8,
 ) -> BlockResult:
@@ -212,10 +228,10 @@ def process_block(
         predictor: the declared pipeline.
         cells: how sections become cells.
         table: the cell table's measurer.
-        section_shape: (H, W) of the volume's sections.
-        section_range: the section's (minimum, maximum) for a tile; None for a whole-section block.
+        volume_shape: (D, H, W) of the volume.
+        section_ranges: each section's (minimum, maximum) when sections are tiled; None for whole-section blocks.
         cell_halo: pixels of context around a tile for its cells.
         band: half-width of the seam bands.
     """
-    raw, probability, origin = predict_block(block, read, predictor, section_shape, section_range, cell_halo)
-    return label_block(block, raw, probability, origin, section_shape, cells, table, band)
+    raw, probability, origin = predict_block(block, read, predictor, volume_shape, section_ranges, cell_halo)
+    return label_block(block, raw, probability, origin, volume_shape[1:], cells, table, band)

@@ -234,7 +234,7 @@ class EvaluationReport:
     """Scores held-out sections through the declared inference pipeline and writes the evaluation report.
 
     Each section's membrane probability is what ``run inferring`` computes for it (``predictor``, built from
-    inference.json's preprocessing and postprocessing by :func:`scripts.pipeline.declared_predictor`).
+    inference.json's preprocessing and the configs' postprocessing by :func:`scripts.pipeline.declared_predictor`).
 
     Args:
         output_dir: folder for ``metrics.json``, ``metrics.csv`` and ``evaluation.png``.
@@ -257,13 +257,13 @@ class EvaluationReport:
         self.summary: dict | None = None
 
     def predicted(self, item: dict) -> dict:
-        """A datalist item (``image`` raw section, ``label`` membrane mask, ``slice``) with its membrane probability
-        ``pred`` and its scaled ``image`` (for the figure)."""
+        """A datalist item (``image`` raw section, with its neighbours for section context, ``label`` membrane mask,
+        ``slice``) with its membrane probability ``pred`` and its scaled ``image`` (the section, for the figure)."""
         raw = np.asarray(item["image"])
         scaled = self.predictor.preprocessing({"image": raw, "intensity_range": None})["image"]
         return {
             "slice": int(item["slice"]),
-            "image": np.asarray(scaled)[0],
+            "image": np.asarray(scaled)[self.predictor.section_context],
             "label": np.asarray(item["label"]),
             "pred": self.predictor(raw),
         }

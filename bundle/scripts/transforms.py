@@ -1,5 +1,15 @@
-"""Transforms the MONAI set lacks: reading datalist items given as file paths, scaling a section (or a tile of it)
-with the section's intensity range, and the U-Net paper's border weights.
+"""Transforms the MONAI set lacks: reading datalist items given as file paths, a section with its neighbours as
+channels, scaling a section (or a tile of it) with the section's intensity range, the U-Net paper's border
+weights, and affinity targets with the membrane they imply.
+
+Affinities (``configs/affinities.json``): for an offset ``o`` the target at pixel ``p`` is 1 where ``p`` and
+``p + o`` lie in the same cell, else 0 (Turaga et al. 2010; short- and long-range offsets as in the mutex
+watershed's and torch-em's ISBI recipes). :class:`InstanceLabelsd` appends each section's cell ids to its label
+before augmentation, so the random spatial transforms warp the ids with nearest-neighbour sampling;
+:class:`AffinityTargetsd` computes the targets after them, with a mask that is 0 where ``p + o`` leaves the patch
+or either pixel comes from outside the section (ids padded with 0). Membrane pixels are boundary: their
+affinity to any pixel is 0. :class:`MembraneFromAffinitiesd` turns predicted affinities back into the membrane
+probability every output of the bundle is built on.
 
 Border weights: V_rand punishes a gap in a membrane far more than a slightly misplaced line, since one missing
 pixel between two cells merges them, and the thin membranes between touching cells are where the network is
@@ -22,9 +32,22 @@ from monai.transforms import MapTransform, ScaleIntensityRange, Transform
 from scipy.ndimage import distance_transform_edt, find_objects
 from skimage.measure import label as connected_components
 
+from .blockwise import checked_context
+from .errors import InputError
 from .stack_io import StackError, read_membrane_index_labels, read_slice
 
-__all__ = ["LoadSlice", "LoadSliced", "ScaleSectionIntensityd", "border_weight_map", "BorderWeight", "BorderWeightd"]
+__all__ = [
+    "LoadSlice",
+    "LoadSliced",
+    "SectionContextd",
+    "ScaleSectionIntensityd",
+    "border_weight_map",
+    "BorderWeight",
+    "BorderWeightd",
+    "InstanceLabelsd",
+    "AffinityTargetsd",
+    "MembraneFromAffinitiesd",
+]
 
 
 class LoadSlice(Transform):
@@ -84,7 +107,7 @@ class LoadSliced(MapTransform):
         for key in self.key_iterator(item):
             item[key] = (self.load_label if key == self.label_key else self.load_image)(item[key])
         label, image = item.get(self.label_key), item.get("image")
-        if label is not None and image is not None and np.shape(label) != np.shape(image):
+        if label is not None and image is not None and np.shape(label) != np.shape(image)[-2:]:
             raise StackError(
                 f"{_source(data[self.label_key])}: label is {np.shape(label)} but its image "
                 f"{_source(data['image'])} is {np.shape(image)}; they must match"
@@ -92,16 +115,50 @@ class LoadSliced(MapTransform):
         return item
 
 
-class ScaleSectionIntensityd(MapTransform):
-    """Scales an image to [0, 1] with its section's minimum and maximum intensity, as float32.
+class SectionContextd(MapTransform):
+    """A section and its ``context`` neighbours on each side as channels: (2k + 1, H, W), the section in the middle.
 
-    A whole section is scaled with its own range, as ``ScaleIntensityd(minv=0, maxv=1)`` does. A tile of a section
-    (blockwise inference of large sections) carries its section's range under ``range_key``, so each tile is
-    scaled as the whole section would be. A constant section becomes 0.
+    Items cut from a stack carry the neighbours already (:func:`scripts.datalists.load_labelled_stack`, the
+    blockwise engine's z-halo). A lone (H, W) section, as MONAI Label passes one file, is the one-section stack,
+    whose mirrored neighbours are itself: it is repeated. With ``context`` 0 this is ``EnsureChannelFirstd`` for an
+    image without a channel.
+
+    Args:
+        keys: keys of the images.
+        context: ``k``, the sections on each side.
+        allow_missing_keys: do not raise for keys missing from an item.
+    """
+
+    def __init__(self, keys: KeysCollection, context: int = 0, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.context = checked_context(context)
+
+    def __call__(self, data: dict) -> dict:
+        item = dict(data)
+        channels = 2 * self.context + 1
+        for key in self.key_iterator(item):
+            image = item[key]
+            if image.ndim == 2:
+                item[key] = image[None].repeat(channels, 0) if channels > 1 else image[None]
+            elif image.ndim != 3 or image.shape[0] != channels:
+                raise StackError(
+                    f"{_source(data[key])}: image of shape {tuple(image.shape)} is neither one (H, W) section nor "
+                    f"the {channels} sections of --section_context {self.context} (2k + 1, H, W)"
+                )
+        return item
+
+
+class ScaleSectionIntensityd(MapTransform):
+    """Scales each channel of a (C, H, W) image to [0, 1] with its section's minimum and maximum, as float32.
+
+    A whole section is scaled with its own range, as ``ScaleIntensityd(minv=0, maxv=1, channel_wise=True)`` does.
+    A tile of a section (blockwise inference of large sections) carries its section's range under ``range_key``, so
+    each tile is scaled as the whole section would be: one ``(minimum, maximum)`` for all channels, or one per
+    channel (the sections of :class:`SectionContextd`). A constant section becomes 0.
 
     Args:
         keys: keys of the images to scale.
-        range_key: the item's key holding ``(minimum, maximum)`` of the section, when the image is part of one.
+        range_key: the item's key holding the sections' ranges, when the image is part of them.
         allow_missing_keys: do not raise for keys missing from an item.
     """
 
@@ -113,10 +170,19 @@ class ScaleSectionIntensityd(MapTransform):
         item = dict(data)
         for key in self.key_iterator(item):
             image = torch.as_tensor(item[key], dtype=torch.float32)
-            low, high = item[self.range_key] if item.get(self.range_key) is not None else (image.min(), image.max())
-            low, high = float(low), float(high)
-            item[key] = ScaleIntensityRange(low, high, 0.0, 1.0)(image) if high > low else image - low
+            if image.ndim != 3:
+                raise ValueError(f"ScaleSectionIntensityd expects a (C, H, W) image, got shape {tuple(image.shape)}")
+            given = item.get(self.range_key)
+            ranges = np.broadcast_to(given, (len(image), 2)) if given is not None else None
+            scaled = [self._scale(channel, None if ranges is None else ranges[c]) for c, channel in enumerate(image)]
+            item[key] = torch.stack(scaled)
         return item
+
+    @staticmethod
+    def _scale(channel: torch.Tensor, section_range) -> torch.Tensor:
+        low, high = section_range if section_range is not None else (channel.min(), channel.max())
+        low, high = float(low), float(high)
+        return ScaleIntensityRange(low, high, 0.0, 1.0)(channel) if high > low else channel - low
 
 
 def _source(value: object) -> str:
@@ -188,3 +254,97 @@ class BorderWeightd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.transform(d[key])
         return d
+
+
+#: cell ids of :class:`InstanceLabelsd`: 0 outside the section (the spatial transforms' zero padding), 1 membrane
+OUTSIDE, BOUNDARY = 0, 1
+
+
+class InstanceLabelsd(MapTransform):
+    """Appends the cell ids of a membrane mask as the label's last channel: (C, H, W) -> (C + 1, H, W).
+
+    Cells are the 4-connected components of the interior of channel 0 (as the ISBI metric and
+    :func:`border_weight_map` see them), numbered from 2; membrane pixels are 1 (``BOUNDARY``), and 0
+    (``OUTSIDE``) is left for pixels from outside the section, which the spatial transforms pad with zeros.
+    Computed once per section with the deterministic transforms (cached), before augmentation.
+    """
+
+    def __call__(self, data: dict) -> dict:
+        item = dict(data)
+        for key in self.key_iterator(item):
+            label = torch.as_tensor(item[key])
+            is_membrane = label[0].cpu().numpy() != 0
+            cells = connected_components(~is_membrane, connectivity=1)
+            ids = np.where(is_membrane, BOUNDARY, cells + BOUNDARY)
+            item[key] = torch.cat([label, torch.as_tensor(ids, dtype=label.dtype, device=label.device)[None]])
+        return item
+
+
+def _offsets(offsets) -> np.ndarray:
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if offsets.ndim != 2 or offsets.shape[1] != 2 or len(offsets) == 0 or not np.abs(offsets).sum(1).all():
+        raise InputError(f"affinity_offsets {offsets.tolist()}: must be a list of nonzero [dy, dx] pixel offsets")
+    return offsets
+
+
+class AffinityTargetsd(MapTransform):
+    """Affinity targets and their mask from the cell ids :class:`InstanceLabelsd` appended (after augmentation).
+
+    (C, H, W) label whose channel 0 is the membrane mask and last channel the cell ids -> (1 + 2n, H, W): the
+    membrane mask (for the training metric), the ``n`` offsets' affinities, and their mask (see the module
+    docstring). Uses ``bioimage_cpp.affinities.compute_affinities``.
+
+    Args:
+        keys: keys of the labels.
+        offsets: ``n`` offsets ``[dy, dx]`` in pixels, e.g. ``[[-1, 0], [0, -1], [-9, 0], [0, -9]]``.
+    """
+
+    def __init__(self, keys: KeysCollection, offsets) -> None:
+        super().__init__(keys)
+        self.offsets = _offsets(offsets)
+
+    def __call__(self, data: dict) -> dict:
+        from bioimage_cpp.affinities import compute_affinities
+
+        item = dict(data)
+        for key in self.key_iterator(item):
+            label = torch.as_tensor(item[key])
+            ids = np.rint(label[-1].cpu().numpy()).astype(np.int64)
+            boundary = ids == BOUNDARY
+            ids[boundary] = ids.max() + 1 + np.arange(boundary.sum())  # a membrane pixel is its own: affinity 0
+            affinities, mask = compute_affinities(ids, self.offsets, ignore_label=OUTSIDE)
+            targets = torch.as_tensor(np.concatenate([affinities, mask.astype(np.float32)]), dtype=torch.float32)
+            item[key] = torch.cat([label[:1].float(), targets.to(label.device)])
+        return item
+
+
+class MembraneFromAffinitiesd(MapTransform):
+    """Membrane probability from predicted affinities: (n, H, W) -> (1, H, W).
+
+    A pixel is membrane where it belongs to none of its four nearest neighbours: ``1 - max`` of its affinities
+    to them, read from the ``[-1, 0]`` and ``[0, -1]`` channels (a pixel's affinity down or right is its
+    neighbour's up or left; neighbours outside the image count as 0). On true affinities this gives the membrane
+    mask back exactly.
+
+    Args:
+        keys: keys of the affinity probabilities.
+        offsets: the network's offsets, in its channel order; must include ``[-1, 0]`` and ``[0, -1]``.
+    """
+
+    def __init__(self, keys: KeysCollection, offsets) -> None:
+        super().__init__(keys)
+        offsets = _offsets(offsets).tolist()
+        if [-1, 0] not in offsets or [0, -1] not in offsets:
+            raise InputError(f"affinity_offsets {offsets}: the membrane needs the nearest ones, [-1, 0] and [0, -1]")
+        self.up, self.left = offsets.index([-1, 0]), offsets.index([0, -1])
+
+    def __call__(self, data: dict) -> dict:
+        item = dict(data)
+        for key in self.key_iterator(item):
+            affinities = torch.as_tensor(item[key])
+            up, left = affinities[self.up], affinities[self.left]
+            nearest = torch.zeros((4, *up.shape), dtype=up.dtype, device=up.device)
+            nearest[0, 1:], nearest[1, :-1] = up[1:], up[1:]  # to the pixel above; the one below, seen from it
+            nearest[2, :, 1:], nearest[3, :, :-1] = left[:, 1:], left[:, 1:]
+            item[key] = 1.0 - nearest.amax(0, keepdim=True)
+        return item

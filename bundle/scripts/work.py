@@ -195,11 +195,9 @@ class BlockTask:
 
     def predict(self, block: Block, predictor: SectionPredictor) -> tuple:
         """The network's step (:func:`scripts.pipeline.predict_block`)."""
-        section_shape = cached_volume(self.input_path).shape[1:]
-        section_range = self.ranges[block.z] if self.ranges is not None else None
-        return predict_block(
-            block, block_reader(self.input_path, block), predictor, section_shape, section_range, self.cell_halo
-        )
+        volume_shape = cached_volume(self.input_path).shape
+        read = block_reader(self.input_path, block)
+        return predict_block(block, read, predictor, volume_shape, self.ranges, self.cell_halo)
 
     def finish(self, block: Block, predicted: tuple) -> int:
         """The cells' step and the block's record; returns its cell count."""
