@@ -92,9 +92,8 @@ def screen(target: str, context: int, folder: Path, args: argparse.Namespace) ->
     minutes = sum(int(m["h"]) * 60 + int(m["m"]) + float(m["s"]) / 60 for m in FINISHED.finditer(log))
     times = [datetime.fromisoformat(m["time"]) for m in matches]
     epoch_seconds = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
-    stacks = (args.dataset_dir / "train-volume.tif", args.dataset_dir / "train-labels.tif")
-    items = load_labelled_stack(*stacks, None, context)
-    validation = split_sections(items, args.fold, 5)["validation"]
+    items = load_labelled_stack(args.dataset_dir / "train-volume.tif", args.dataset_dir / "train-labels.tif")
+    validation = split_sections(items, args.fold, 5, context)["validation"]
     overlay = OVERLAYS[target][0] if OVERLAYS[target] else None
     maps = predict(validation, folder / "models" / "model.pt", network_config=overlay, section_context=context)
     scored = []

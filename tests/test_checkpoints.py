@@ -124,7 +124,7 @@ def test_load_weights_errors_name_the_file_and_never_load_partly(tmp_path, write
     ("trained", "hint"),
     [
         (torch.nn.Conv2d(3, 2, 3), "; the weights take 3 sections: --section_context 1; nothing was loaded"),
-        (torch.nn.Conv2d(1, 8, 3), "; the weights give 8 outputs: add configs/affinities.json; nothing was loaded"),
+        (torch.nn.Conv2d(1, 8, 3), "; the weights give 8 output channels: add configs/affinities.json; nothing"),
     ],
 )
 def test_weights_of_another_section_context_or_target_say_so(tmp_path, trained, hint):

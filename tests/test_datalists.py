@@ -22,16 +22,35 @@ def test_labelled_stack_gives_one_item_per_slice_with_membrane_targets(tiny_stac
     np.testing.assert_array_equal(items[0]["label"], (raw == 0).astype(np.uint8))
 
 
-def test_with_section_context_each_image_is_its_section_between_its_mirrored_neighbours(tiny_stack_dir):
-    images = tifffile.imread(tiny_stack_dir / "train-volume.tif")
-    items = load_labelled_stack(tiny_stack_dir / "train-volume.tif", tiny_stack_dir / "train-labels.tif", None, 2)
-    plain = load_labelled_stack(tiny_stack_dir / "train-volume.tif", tiny_stack_dir / "train-labels.tif")
-    assert [item["image"].shape for item in items] == [(5, 96, 96)] * 10
-    np.testing.assert_array_equal(items[0]["image"], images[[2, 1, 0, 1, 2]])
-    np.testing.assert_array_equal(items[5]["image"], images[3:8])
-    np.testing.assert_array_equal(items[9]["image"], images[[7, 8, 9, 8, 7]])
-    for item, section in zip(items, plain, strict=True):
-        np.testing.assert_array_equal(item["label"], section["label"])  # labels stay the section's own
+def _numbered_sections(count: int) -> list[dict]:
+    """Items whose (2, 2) images are filled with their slice number."""
+    return [{"image": np.full((2, 2), z), "label": np.zeros((2, 2), np.uint8), "slice": z} for z in range(count)]
+
+
+def test_with_section_context_each_part_reads_only_its_own_sections():
+    """Fold 4 of 10 sections (train 0-5, validation 6-7, test 8-9), k = 2: neighbours mirrored at each part's ends."""
+    parts = split_sections(_numbered_sections(10), 4, 5, section_context=2)
+    contexts = {name: [item["image"][:, 0, 0].tolist() for item in items] for name, items in parts.items()}
+    assert contexts["train"][0] == [2, 1, 0, 1, 2] and contexts["train"][3] == [1, 2, 3, 4, 5]
+    assert contexts["train"][5] == [3, 4, 5, 4, 3]  # not 6 and 7, which validate
+    assert contexts["validation"] == [[6, 7, 6, 7, 6], [7, 6, 7, 6, 7]]
+    assert contexts["test"] == [[8, 9, 8, 9, 8], [9, 8, 9, 8, 9]]
+    for items in parts.values():
+        assert all(item["label"].shape == (2, 2) for item in items)  # labels stay the section's own
+
+
+def test_training_sections_on_both_sides_of_the_heldout_blocks_are_two_runs():
+    """Fold 2 of 10 (test 4-5, validation 2-3): training is 0-1 and 6-9, and 1 and 6 are no neighbours."""
+    train = split_sections(_numbered_sections(10), 2, 5, section_context=1)["train"]
+    assert [item["image"][:, 0, 0].tolist() for item in train] == [
+        [1, 0, 1],
+        [0, 1, 0],
+        [7, 6, 7],
+        [6, 7, 8],
+        [7, 8, 9],
+        [8, 9, 8],
+    ]
+    assert split_sections(_numbered_sections(10), 2, 5)["train"][0]["image"].shape == (2, 2)  # k = 0: untouched
 
 
 def test_image_and_label_stacks_must_match(tmp_path):

@@ -13,9 +13,10 @@ from scripts.blockwise import Block, context_sections, plan_blocks, prediction_r
 from scripts.cell_table import CellTable, section_table
 from scripts.cells import CellLabeller
 from scripts.errors import InputError
+from scripts.inferers import DihedralAverageInferer
 from scripts.pipeline import SectionPredictor, label_block, predict_block, process_block
 from scripts.stack_io import read_stack
-from scripts.transforms import ScaleSectionIntensityd, SectionContextd
+from scripts.transforms import MembraneFromAffinitiesd, ScaleSectionIntensityd, SectionContextd
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +132,14 @@ def test_nan_probabilities_stop_the_block(predictor):
     )
     with pytest.raises(InputError, match=r"block \(section 0, rows 0:64, columns 0:64\): the network gave NaN"):
         predict_block(Block(0, 0, 64, 0, 64), lambda z, r, c: np.ones((64, 64)), broken, (1, 64, 64), None, 0)
+
+
+def test_test_time_augmentation_of_an_affinity_network_is_refused(predictor):
+    affinities = Compose([Activationsd("pred", sigmoid=True), MembraneFromAffinitiesd("pred", [[-1, 0], [0, -1]])])
+    network, window, preprocessing = predictor.network, predictor.inferer, predictor.preprocessing
+    with pytest.raises(InputError, match="--test_time_augmentation true: the flipped and turned views of an affinity"):
+        SectionPredictor(network, DihedralAverageInferer(window), preprocessing, affinities)
+    SectionPredictor(network, window, preprocessing, affinities)  # without test-time augmentation: fine
 
 
 def test_the_inference_config_builds_its_predictor_from_its_declared_pieces():

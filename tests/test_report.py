@@ -93,6 +93,8 @@ def test_the_evaluation_report_scores_what_the_predictor_gives(tmp_path):
     truth = two_cells(width=33, height=32)
 
     class Predictor:  # stands in for inference.json's pipeline: raw -> probability, and its preprocessing
+        section_context = 0
+
         def preprocessing(self, item):
             return {"image": item["image"][None] / 255.0}
 

@@ -274,8 +274,8 @@ class BioimageioExport:
         yx = [spec.AxisId("y"), spec.AxisId("x")]
         inputs = spec.InputTensorDescr(
             id=raw_id,
-            description="one EM section (with its neighbours for section context), any intensity range (scaled to "
-            "[0, 1] per image and channel, as the bundle does)",
+            description="an EM section (or the sections around it, for section context), any range (scaled to [0, 1] "
+            "per channel)",
             axes=[
                 spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in self.channel_names()]),
                 *(spec.SpaceInputAxis(id=axis, size=spec.ParameterizedSize(min=smallest, step=step), unit="nanometer",

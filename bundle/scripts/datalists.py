@@ -2,8 +2,7 @@
 
 A stack becomes one datalist item per section, ``{"image": (H, W) array, "label": (H, W) membrane mask,
 "slice": z}``, so MONAI datasets and transforms treat the shipped stacks and MONAI Label's per-section files
-alike. With section context ``k`` the image is the (2k + 1, H, W) stack of the section and its neighbours
-(mirrored at the stack's ends, :func:`scripts.blockwise.context_sections`); the label stays the section's own.
+alike.
 
 Splits are contiguous blocks of sections, written out by :func:`heldout_block`: neighbouring sections are strongly
 correlated, so a section never validates a model trained on its neighbours.
@@ -12,6 +11,11 @@ Each fold has three parts (:func:`split_sections`): the *test* block, which no c
 block, the fold before it (cyclically), on which the checkpoint, the membrane threshold and the cell
 parameters are chosen; and the *training* sections, all the others. With 30 sections and the default fold 4:
 train on 0-17, validate on 18-23, test on 24-29.
+
+With section context ``k`` (:func:`with_section_context`) each part's images become (2k + 1, H, W) stacks of the
+section and its neighbours *within that part*, mirrored at the ends of each contiguous run of its sections
+(:func:`scripts.blockwise.context_sections`): no part reads another's sections, not even as context, so the
+test block stays unseen by every choice. Labels stay each section's own.
 """
 
 from __future__ import annotations
@@ -24,11 +28,11 @@ from .blockwise import checked_context, context_sections
 from .errors import InputError
 from .stack_io import StackError, read_membrane_labels, read_stack
 
-__all__ = ["load_labelled_stack", "heldout_block", "validation_block", "split_sections"]
+__all__ = ["load_labelled_stack", "heldout_block", "validation_block", "split_sections", "with_section_context"]
 
 
 def load_labelled_stack(
-    image_path: str | Path, label_path: str | Path, membrane_label: int | None = None, section_context: int = 0
+    image_path: str | Path, label_path: str | Path, membrane_label: int | None = None
 ) -> list[dict]:
     """Read an image stack and its label stack, check they match, and return one item per section.
 
@@ -36,11 +40,9 @@ def load_labelled_stack(
         image_path, label_path: the stacks (:func:`scripts.stack_io.read_stack`).
         membrane_label: the label value that marks membrane, or None for ISBI's 0, checked for plausibility
             (:func:`scripts.stack_io.read_membrane_labels`).
-        section_context: ``k``, the neighbouring sections on each side given with each image.
 
     Returns:
-        list of ``{"image": (H, W) array, or (2k + 1, H, W) with context, "label": (H, W) uint8 membrane mask,
-        "slice": z}``.
+        list of ``{"image": (H, W) array, "label": (H, W) uint8 membrane mask, "slice": z}``.
     """
     images = read_stack(image_path)
     membranes = read_membrane_labels(label_path, membrane_label)
@@ -49,13 +51,7 @@ def load_labelled_stack(
             f"{label_path}: label stack has shape {membranes.shape} but image stack {image_path} has "
             f"{images.shape}; they must match section for section"
         )
-    depth = images.shape[0]
-    if not checked_context(section_context):
-        return [{"image": images[z], "label": membranes[z], "slice": z} for z in range(depth)]
-    return [
-        {"image": images[context_sections(z, section_context, depth)], "label": membranes[z], "slice": z}
-        for z in range(depth)
-    ]
+    return [{"image": images[z], "label": membranes[z], "slice": z} for z in range(images.shape[0])]
 
 
 def heldout_block(num_slices: int, fold: int, num_folds: int) -> range:
@@ -85,12 +81,32 @@ def validation_block(num_slices: int, fold: int, num_folds: int) -> range:
     return heldout_block(num_slices, (fold - 1) % num_folds, num_folds)
 
 
-def split_sections(items: list[dict], fold: int, num_folds: int) -> dict[str, list[dict]]:
-    """The ``"train"``, ``"validation"`` and ``"test"`` items of one fold (see the module docstring)."""
+def split_sections(items: list[dict], fold: int, num_folds: int, section_context: int = 0) -> dict[str, list[dict]]:
+    """The ``"train"``, ``"validation"`` and ``"test"`` items of one fold, each part with its own section context
+    (see the module docstring)."""
     test = heldout_block(len(items), fold, num_folds)
     validation = validation_block(len(items), fold, num_folds)
     part = {"train": [], "validation": [], "test": []}
     for item in items:
         name = "test" if item["slice"] in test else "validation" if item["slice"] in validation else "train"
         part[name].append(item)
-    return part
+    return {name: with_section_context(part_items, section_context) for name, part_items in part.items()}
+
+
+def with_section_context(items: list[dict], section_context: int) -> list[dict]:
+    """``items`` (in slice order) with each image replaced by its section and ``section_context`` neighbours on each
+    side among ``items``: (2k + 1, H, W), mirrored at the ends of each run of consecutive slices."""
+    if not checked_context(section_context):
+        return items
+    runs: list[list[dict]] = []
+    for item in items:
+        if runs and item["slice"] == runs[-1][-1]["slice"] + 1:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    stacked = []
+    for run in runs:
+        images = np.stack([item["image"] for item in run])
+        for index, item in enumerate(run):
+            stacked.append({**item, "image": images[context_sections(index, section_context, len(run))]})
+    return stacked

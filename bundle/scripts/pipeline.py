@@ -32,6 +32,8 @@ from .blockwise import (
 from .cell_table import CellTable
 from .cells import CellLabeller
 from .errors import InputError
+from .inferers import DihedralAverageInferer
+from .transforms import MembraneFromAffinitiesd
 
 __all__ = ["SectionPredictor", "declared_predictor", "BlockResult", "predict_block", "label_block", "process_block"]
 
@@ -65,6 +67,11 @@ class SectionPredictor:
         backend: str = "eager",
         section_context: int = 0,
     ) -> None:
+        if isinstance(inferer, DihedralAverageInferer) and _reads_affinities(postprocessing):
+            raise InputError(
+                "--test_time_augmentation true: the flipped and turned views of an affinity network are averaged "
+                "channel by channel, but a view's affinity channels point in turned directions; not supported"
+            )
         self.network = network.eval()
         self.section_context = checked_context(section_context)
         self.inferer, self.preprocessing, self.postprocessing = inferer, preprocessing, postprocessing
@@ -120,6 +127,11 @@ class SectionPredictor:
             logits = self.inferer(image, self._network())
         probability = self.postprocessing({"pred": logits[0].float()})["pred"]
         return torch.as_tensor(probability).float()[0].cpu().numpy()
+
+
+def _reads_affinities(postprocessing: Callable) -> bool:
+    transforms = getattr(postprocessing, "transforms", [postprocessing])
+    return any(isinstance(transform, MembraneFromAffinitiesd) for transform in transforms)
 
 
 def declared_predictor(

@@ -139,7 +139,7 @@ class SectionContextd(MapTransform):
         for key in self.key_iterator(item):
             image = item[key]
             if image.ndim == 2:
-                item[key] = image[None].repeat(channels, 0) if channels > 1 else image[None]
+                item[key] = image[None] if channels == 1 else np.repeat(np.asarray(image)[None], channels, 0)
             elif image.ndim != 3 or image.shape[0] != channels:
                 raise StackError(
                     f"{_source(data[key])}: image of shape {tuple(image.shape)} is neither one (H, W) section nor "
@@ -324,7 +324,7 @@ class MembraneFromAffinitiesd(MapTransform):
     A pixel is membrane where it belongs to none of its four nearest neighbours: ``1 - max`` of its affinities
     to them, read from the ``[-1, 0]`` and ``[0, -1]`` channels (a pixel's affinity down or right is its
     neighbour's up or left; neighbours outside the image count as 0). On true affinities this gives the membrane
-    mask back exactly.
+    mask back, except that a one-pixel cell, alone among its neighbours, reads as membrane.
 
     Args:
         keys: keys of the affinity probabilities.
