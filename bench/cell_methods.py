@@ -114,7 +114,7 @@ def predict(
     inferer = config.get_parsed_content("inferer")
     images = [preprocessing({"image": item["image"]})["image"][None] for item in items]
     with torch.no_grad():
-        maps = [np.asarray(postprocessing({"pred": inferer(image, network)[0]})["pred"][0]) for image in images]
+        maps = [evidence(postprocessing({"pred": inferer(image, network)[0]})) for image in images]
         if timings is not None:
             runs = []
             for _ in range(3):
@@ -124,6 +124,14 @@ def predict(
                 runs.append(time.perf_counter() - started)
             timings.append(1000 * min(runs) / len(images))
     return maps
+
+
+def evidence(output: dict) -> np.ndarray:
+    """The postprocessing's (H, W) membrane probability, or (1 + n, H, W) with the affinities it keeps."""
+    membrane = np.asarray(output["pred"][0])
+    if output.get("affinities") is None:
+        return membrane
+    return np.concatenate([membrane[None], np.asarray(output["affinities"])])
 
 
 def combinations(grid: dict[str, list]) -> list[dict]:

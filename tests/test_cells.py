@@ -139,6 +139,48 @@ def test_the_mutex_watershed_separates_cells_its_long_range_repulsion_spans():
     assert len(np.unique(left)) == len(np.unique(right)) == 1 and left[0, 0] != right[0, 0]
 
 
+OFFSETS = [[-1, 0], [0, -1], [-9, 0], [0, -9]]
+
+
+def _affinities(labels: np.ndarray) -> np.ndarray:
+    """The true affinities of ``labels`` (0 = membrane, each pixel its own) to OFFSETS, 0 off the image."""
+    from bioimage_cpp.affinities import compute_affinities
+
+    ids = labels.astype(np.int64) + 1
+    ids[labels == 0] = ids.max() + 1 + np.arange((labels == 0).sum())
+    return compute_affinities(ids, OFFSETS, return_mask=False)
+
+
+def test_learned_affinities_recover_a_synthetic_section():
+    membrane, expected = grid_section()
+    evidence = np.concatenate([membrane[None], _affinities(expected)])
+    cells = label_cells(evidence, membrane_threshold=0.5, method="mutex_watershed", affinity_offsets=OFFSETS)
+    assert same_partition(cells, expected)
+    for method in ("components", "gasp"):  # the other methods use the membrane alone
+        from_evidence = label_cells(evidence, 0.5, method, affinity_offsets=OFFSETS)
+        assert same_partition(from_evidence, label_cells(membrane, 0.5, method))
+
+
+def test_learned_long_range_repulsion_splits_cells_whose_membrane_has_a_gap():
+    """Two cells whose membrane (and nearest affinities) open a gap: the components merge them, the mutex
+    watershed on the network's long-range affinities, which still see two cells, does not."""
+    truth = np.ones((40, 40), np.int32)
+    truth[:, 21:] = 2
+    truth[:, 20] = 0
+    gapped = truth.copy()
+    gapped[17:23, 20] = 1  # the map lost the membrane here
+    membrane = (gapped == 0).astype(np.float32)
+    affinities = _affinities(gapped)
+    affinities[2:] = _affinities(truth)[2:]  # the long-range offsets saw the two cells
+    evidence = np.concatenate([membrane[None], affinities])
+    assert label_cells(membrane, 0.5, "components").max() == 1
+    cells = label_cells(evidence, 0.5, "mutex_watershed", repulsion_bias=0.5, affinity_offsets=OFFSETS)
+    assert cells.max() == 2 and len(np.unique(cells[:, :15])) == 1 and len(np.unique(cells[:, 26:])) == 1
+    assert cells[0, 0] != cells[0, 39]
+    with pytest.raises(ValueError, match=r"\(1 \+ n, H, W\) with n affinity_offsets, got shape \(5, 40, 40\) with 3"):
+        label_cells(evidence, 0.5, "mutex_watershed", affinity_offsets=OFFSETS[:3])
+
+
 def test_the_cell_labeller_holds_a_method_and_its_parameters():
     membrane, expected = grid_section()
     labeller = CellLabeller("watershed", membrane_threshold=0.5, seed_depth=2.0, min_size=4)

@@ -188,8 +188,8 @@ def test_evaluate_writes_metrics_for_the_heldout_slices(trained, tiny_stack_dir,
 
 
 def cell_options(*config_files: str) -> dict:
-    cells = bundle_config(list(config_files)).get("cells")
-    return {key: value for key, value in cells.items() if not key.startswith("_")}
+    config = bundle_config(list(config_files))
+    return {key: config.get_parsed_content(f"cells#{key}") for key in config.get("cells") if not key.startswith("_")}
 
 
 def test_evaluation_scores_the_cells_inference_writes():
@@ -403,6 +403,9 @@ def test_affinities_train_evaluate_and_infer_through_the_same_configs(tiny_stack
     bundle_run("inferring", with_affinities("inference.json"), *common, "--output_dir", str(tmp_path / "inference"))
     probability = tifffile.imread(tmp_path / "inference" / "test-volume_membrane_probability.tif")
     assert probability.shape == (3, 96, 96) and 0 <= probability.min() and probability.max() <= 1
+    learned = ["--cells#method", "mutex_watershed", "--output_dir", str(tmp_path / "learned")]  # on its affinities
+    bundle_run("inferring", with_affinities("inference.json"), *common, *learned)
+    assert tifffile.imread(tmp_path / "learned" / "test-volume_cells.tif").shape == (3, 96, 96)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,10 @@ parameters):
   both centres.
 * ``"mutex_watershed"``: the mutex watershed (``mwatershed``) on affinities read off the probability:
   nearest neighbours attract with ``1 - max(p)`` of the pair; pairs ``long_range`` pixels apart repel with the
-  strongest membrane on the straight path between them, offset by ``repulsion_bias`` (higher = more cells).
+  strongest membrane on the straight path between them, offset by ``repulsion_bias`` (higher = more cells). For a
+  network that predicts affinities (``configs/affinities.json``), its own affinities instead: the nearest
+  offsets attract with their affinity, the longer ones repel with it minus ``repulsion_bias`` (Wolf et al.,
+  ECCV 2018); the other methods use the membrane derived from them.
 * ``"agglomeration"``: the ``"watershed"`` fragments, merged greedily while the mean membrane probability on
   the boundary between two neighbours (the higher of each pixel pair across it) is below ``merge_threshold``
   (scikit-image's hierarchical merging of the boundary region adjacency graph).
@@ -40,6 +43,8 @@ of properties is :mod:`scripts.cell_table`'s.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.ndimage import distance_transform_edt, generate_binary_structure, maximum_filter
@@ -91,6 +96,15 @@ def _mutex_watershed(probability: np.ndarray, long_range: int, repulsion_bias: f
     affinities[2:] -= repulsion_bias  # long-range pairs across a membrane become repulsive
     affinities = np.nan_to_num(affinities, nan=0.0)  # pairs that leave the image: no evidence
     return mwatershed.agglom(affinities, [list(offset) for offset in offsets]).astype(np.int64)
+
+
+def _learned_mutex_watershed(affinities: np.ndarray, offsets: np.ndarray, repulsion_bias: float) -> np.ndarray:
+    import mwatershed
+
+    nearest = np.abs(offsets).sum(1) == 1
+    inside = np.abs(offsets).max(1) < min(affinities.shape[1:])  # mwatershed needs every offset inside the image
+    weights = np.where(nearest[:, None, None], affinities, affinities - repulsion_bias)[inside]
+    return mwatershed.agglom(weights.astype(np.float64), offsets[inside].tolist()).astype(np.int64)
 
 
 def _weight_boundary(graph, source, target, neighbour) -> dict:
@@ -157,11 +171,13 @@ def label_cells(
     merge_threshold: float = 0.5,
     sigma_seeds: float = 2.0,
     boundary_bias: float = 0.5,
+    affinity_offsets: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
     """The cells of one section (the methods and their parameters: see the module docstring).
 
     Args:
-        membrane_probability: (H, W) float membrane probability in [0, 1].
+        membrane_probability: (H, W) float membrane probability in [0, 1], or (1 + n, H, W): the membrane
+            probability, then the n affinities of a network that predicts them (``affinity_offsets``).
         membrane_threshold: cell interior where the probability is below this.
         method: one of :data:`CELL_METHODS`.
         min_size: seeds of fewer interior pixels are dropped; their area goes to the neighbouring cells.
@@ -172,13 +188,20 @@ def label_cells(
         sigma_seeds: ``"multicut"``, ``"gasp"``: smoothing of the distance transform whose maxima seed the
             superpixels, in pixels (higher: fewer superpixels).
         boundary_bias: ``"multicut"``, ``"gasp"``: the cost's bias, in (0, 1); higher gives more cells.
+        affinity_offsets: the n ``[dy, dx]`` offsets of the affinities given after the membrane; None without.
 
     Returns:
         (H, W) int32 cell ids 1..K, 0 on the 1-pixel lines between cells; all 0 when there is no interior.
     """
     probability = np.asarray(membrane_probability, dtype=np.float32)
+    affinities = None
+    if probability.ndim == 3 and affinity_offsets is not None and len(probability) == 1 + len(affinity_offsets):
+        probability, affinities = probability[0], probability[1:]
     if probability.ndim != 2:
-        raise ValueError(f"membrane probability must be (H, W), got shape {probability.shape}")
+        raise ValueError(
+            f"membrane probability must be (H, W), or (1 + n, H, W) with n affinity_offsets, got shape "
+            f"{probability.shape} with {None if affinity_offsets is None else len(affinity_offsets)} offsets"
+        )
     if not np.isfinite(probability).all():
         raise ValueError("membrane probability contains NaN or infinite values")
     if method not in CELL_METHODS:
@@ -193,7 +216,9 @@ def label_cells(
     elif method == "watershed":
         seeds = _distance_seeds(interior, seed_depth)
     else:  # the segments' interior pixels seed the cells: a segment that is all membrane is none
-        if method == "mutex_watershed":
+        if method == "mutex_watershed" and affinities is not None:
+            segments = _learned_mutex_watershed(affinities, np.asarray(affinity_offsets), repulsion_bias)
+        elif method == "mutex_watershed":
             segments = _mutex_watershed(probability, long_range, repulsion_bias)
         elif method in ("multicut", "gasp"):
             superpixels = _superpixels(probability, membrane_threshold, sigma_seeds)
@@ -232,6 +257,9 @@ class CellLabeller:
             bias = parameters["boundary_bias"] = number(parameters["boundary_bias"], "cells#boundary_bias")
             if not 0 < bias < 1:
                 raise InputError(f"--cells#boundary_bias: {bias!r} must lie strictly between 0 and 1")
+        offsets = parameters.get("affinity_offsets")
+        if offsets is not None and (np.ndim(offsets) != 2 or np.shape(offsets)[1] != 2):
+            raise InputError(f"--cells#affinity_offsets {offsets!r}: must be a list of [dy, dx] offsets, or null")
         self.options = {"method": method, "membrane_threshold": membrane_threshold, **parameters}
         try:
             label_cells(np.array([[0.0, 1.0, 0.0]], np.float32), **self.options)  # two cells: a valid probe
@@ -239,6 +267,7 @@ class CellLabeller:
             raise InputError(f"cells: {error}") from error
 
     def __call__(self, membrane_probability: np.ndarray) -> np.ndarray:
+        """The cells of an (H, W) membrane probability, or of (1 + n, H, W) with the network's affinities."""
         return label_cells(membrane_probability, **self.options)
 
     def stack(self, membrane_probability: np.ndarray) -> np.ndarray:
@@ -279,14 +308,19 @@ def _relabel(cells: np.ndarray) -> np.ndarray:
 
 
 def label_cell_stack(membrane_probability: np.ndarray, **options) -> np.ndarray:
-    """:func:`label_cells` of every section of a (Z, H, W) stack, with ids unique across the stack.
+    """:func:`label_cells` of every section of a (Z, H, W) stack (or (Z, 1 + n, H, W) with affinities), with ids
+    unique across the stack.
 
     Returns:
         (Z, H, W) uint32; section z holds ids following those of sections 0..z-1.
     """
-    if np.ndim(membrane_probability) != 3:
-        raise ValueError(f"membrane probability stack must be (Z, H, W), got shape {np.shape(membrane_probability)}")
-    cells = np.zeros(np.shape(membrane_probability), dtype=np.uint32)
+    if np.ndim(membrane_probability) not in (3, 4):
+        raise ValueError(
+            f"membrane probability stack must be (Z, H, W), or (Z, 1 + n, H, W) with affinities, got shape "
+            f"{np.shape(membrane_probability)}"
+        )
+    shape = np.shape(membrane_probability)
+    cells = np.zeros((shape[0], *shape[-2:]), dtype=np.uint32)
     next_id = 0
     for z, section in enumerate(membrane_probability):
         labels = label_cells(section, **options).astype(np.uint32)

@@ -48,7 +48,8 @@ class SectionPredictor:
             the neighbouring sections, "intensity_range": the sections' (low, high), one or one per section, or
             None}``; it returns the (2k + 1, h, w) float32 image the network takes.
         postprocessing: the configs' ``postprocessing``, called on ``{"pred": (C, h, w) logits}`` (C = 1 for the
-            membrane target, one per offset for affinities); it returns the (1, h, w) membrane probability.
+            membrane target, one per offset for affinities); it returns the (1, h, w) membrane probability, and
+            may keep the (n, h, w) affinities under ``"affinities"`` for the cells.
         device: where the network runs.
         amp: float16 autocast, on CUDA only.
         backend: how the network runs (:mod:`scripts.backends`): ``"eager"``, ``"compile"``, ``"bf16"``, or
@@ -119,14 +120,17 @@ class SectionPredictor:
     def __call__(self, raw: np.ndarray, intensity_range: Sequence | None = None) -> np.ndarray:
         """The (h, w) float32 membrane probability of a section's (h, w) ``raw`` pixels, or of (2k + 1, h, w) with
         its neighbours, scaled with ``intensity_range`` (the sections' minimum and maximum, for a region of them)
-        or their own."""
+        or their own; (1 + n, h, w), the membrane and then the affinities, where the postprocessing keeps them."""
         image = self.preprocessing({"image": raw, "intensity_range": intensity_range})["image"]
         image = torch.as_tensor(image, dtype=torch.float32).to(self.device)[None]
         bf16 = self.chosen == "bf16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16 if bf16 else None, enabled=self.amp or bf16):
             logits = self.inferer(image, self._network())
-        probability = self.postprocessing({"pred": logits[0].float()})["pred"]
-        return torch.as_tensor(probability).float()[0].cpu().numpy()
+        output = self.postprocessing({"pred": logits[0].float()})
+        probability = torch.as_tensor(output["pred"]).float()[0].cpu().numpy()
+        if output.get("affinities") is None:
+            return probability
+        return np.concatenate([probability[None], torch.as_tensor(output["affinities"]).float().cpu().numpy()])
 
 
 def _reads_affinities(postprocessing: Callable) -> bool:
@@ -203,8 +207,9 @@ def label_block(
     table: CellTable,
     band: int,
 ) -> BlockResult:
-    """The cells' step of a block (from :func:`predict_block`'s region): block-local cells, seam bands, and the
-    table rows of the cells that touch no seam band (those are measured once stitched)."""
+    """The cells' step of a block (from :func:`predict_block`'s region, ``probability`` as the predictor gives it):
+    block-local cells, seam bands, and the table rows of the cells that touch no seam band (those are measured once
+    stitched)."""
     labels, seams, touching = block_cells(probability, block, origin, section_shape, cells, band)
     crop = (
         slice(block.y0 - origin[0], block.y1 - origin[0]),
@@ -218,7 +223,8 @@ def label_block(
         [[i + 1, b[0].start + block.y0, b[0].stop + block.y0, b[1].start + block.x0, b[1].stop + block.x0]
          for i, b in enumerate(boxes) if b is not None], dtype=np.int64,
     ).reshape(-1, 5)  # fmt: skip
-    return BlockResult(probability[crop], labels, seams, touching_boxes, rows)
+    membrane = probability[0] if probability.ndim == 3 else probability
+    return BlockResult(membrane[crop], labels, seams, touching_boxes, rows)
 
 
 def process_block(

@@ -101,9 +101,17 @@ def evaluation_summary(
     }
 
 
+def _evidence(prediction: np.ndarray) -> dict:
+    """The predictor's output as an item's ``pred`` (membrane probability) and, where the network predicts
+    affinities too, ``evidence`` (membrane and affinities, what the cells are made of)."""
+    if prediction.ndim == 2:
+        return {"pred": prediction}
+    return {"pred": prediction[0], "evidence": prediction}
+
+
 def cell_summary(heldout: Sequence[dict], cells: CellLabeller) -> tuple[dict, list[np.ndarray]]:
     """Scores of the held-out items' cell maps, per slice and mean, and the cell maps themselves."""
-    maps = [cells(item["pred"]) for item in heldout]
+    maps = [cells(item.get("evidence", item["pred"])) for item in heldout]
     per_slice = [
         {"slice": int(item["slice"]), **cell_scores(cell_map, item["label"])}
         for item, cell_map in zip(heldout, maps, strict=True)
@@ -265,7 +273,7 @@ class EvaluationReport:
             "slice": int(item["slice"]),
             "image": np.asarray(scaled)[self.predictor.section_context],
             "label": np.asarray(item["label"]),
-            "pred": self.predictor(raw),
+            **_evidence(self.predictor(raw)),
         }
 
     def run(self, heldout: Sequence[dict], validation: Sequence[dict] | None = None) -> dict:

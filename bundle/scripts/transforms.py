@@ -118,7 +118,7 @@ class LoadSliced(MapTransform):
 class SectionContextd(MapTransform):
     """A section and its ``context`` neighbours on each side as channels: (2k + 1, H, W), the section in the middle.
 
-    Items cut from a stack carry the neighbours already (:func:`scripts.datalists.load_labelled_stack`, the
+    Items cut from a stack carry the neighbours already (:func:`scripts.datalists.with_section_context`, the
     blockwise engine's z-halo). A lone (H, W) section, as MONAI Label passes one file, is the one-section stack,
     whose mirrored neighbours are itself: it is repeated. With ``context`` 0 this is ``EnsureChannelFirstd`` for an
     image without a channel.
@@ -329,10 +329,12 @@ class MembraneFromAffinitiesd(MapTransform):
     Args:
         keys: keys of the affinity probabilities.
         offsets: the network's offsets, in its channel order; must include ``[-1, 0]`` and ``[0, -1]``.
+        affinities_key: also keep the affinities under this key of the item (for the cells), or not (None).
     """
 
-    def __init__(self, keys: KeysCollection, offsets) -> None:
+    def __init__(self, keys: KeysCollection, offsets, affinities_key: str | None = None) -> None:
         super().__init__(keys)
+        self.affinities_key = affinities_key
         offsets = _offsets(offsets).tolist()
         if [-1, 0] not in offsets or [0, -1] not in offsets:
             raise InputError(f"affinity_offsets {offsets}: the membrane needs the nearest ones, [-1, 0] and [0, -1]")
@@ -342,6 +344,8 @@ class MembraneFromAffinitiesd(MapTransform):
         item = dict(data)
         for key in self.key_iterator(item):
             affinities = torch.as_tensor(item[key])
+            if self.affinities_key:
+                item[self.affinities_key] = affinities
             up, left = affinities[self.up], affinities[self.left]
             nearest = torch.zeros((4, *up.shape), dtype=up.dtype, device=up.device)
             nearest[0, 1:], nearest[1, :-1] = up[1:], up[1:]  # to the pixel above; the one below, seen from it
