@@ -10,9 +10,8 @@ block is not read:
   metric, from its log; for affinities the membrane derived from them) and its epoch;
 * ``validation_cells``: the default cell method (components) over ``bench/cell_methods.py``'s grid, the best
   combination's mean V_rand / V_info and splits / merges per section on the validation block (in-sample, the same
-  for every candidate: a screen, not an estimate); for affinities also
-  ``validation_cells_learned_mutex_watershed``, the mutex watershed on the network's own affinities over
-  ``LEARNED_MUTEX_WATERSHED``;
+  for every candidate: a screen, not an estimate); for affinities also ``validation_cells_learned_<method>``,
+  the mutex watershed and the lifted multicut on the network's own affinities over ``LEARNED_GRIDS``;
 * ``training_minutes``: the run's wall-clock on this machine, so candidates compare at equal training time, and
   ``median_epoch_seconds`` (an epoch with its validation), which other work on the machine disturbs less.
 
@@ -40,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import machine  # noqa: E402
-from cell_methods import BUNDLE, GRIDS, combinations, predict, score  # noqa: E402
+from cell_methods import BUNDLE, GRIDS, combinations, ms_per_section, predict, score  # noqa: E402
 from cross_validation import bundle  # noqa: E402
 
 from scripts.datalists import load_labelled_stack, split_sections, validation_block  # noqa: E402
@@ -50,11 +49,19 @@ EPOCH = re.compile(
     r"val_v_rand (?P<v_rand>[\d.]+)",
     re.MULTILINE,
 )
-#: the mutex watershed's grid on learned affinities (its long_range is the network's offsets')
-LEARNED_MUTEX_WATERSHED = {
-    "membrane_threshold": [0.4, 0.5, 0.6],
-    "repulsion_bias": [0.3, 0.5, 0.7, 0.9],
-    "min_size": [16, 64],
+#: the grids of the cell methods that use an affinity network's own affinities
+LEARNED_GRIDS = {
+    "mutex_watershed": {
+        "membrane_threshold": [0.4, 0.5, 0.6],
+        "repulsion_bias": [0.3, 0.5, 0.7, 0.9],
+        "min_size": [16, 64],
+    },
+    "lifted_multicut": {
+        "membrane_threshold": [0.4, 0.5],
+        "sigma_seeds": [2.0, 4.0],
+        "boundary_bias": [0.2, 0.3, 0.4],
+        "min_size": [64],
+    },
 }
 FINISHED = re.compile(r"Engine run finished\. Time taken: (?P<h>\d+):(?P<m>\d+):(?P<s>[\d.]+)")
 
@@ -104,13 +111,16 @@ def screen(target: str, context: int, folder: Path, args: argparse.Namespace) ->
     items = load_labelled_stack(args.dataset_dir / "train-volume.tif", args.dataset_dir / "train-labels.tif")
     validation = split_sections(items, args.fold, 5, context)["validation"]
     overlay = OVERLAYS[target][0] if OVERLAYS[target] else None
-    evidence = predict(validation, folder / "models" / "model.pt", network_config=overlay, section_context=context)
+    network_ms: list[float] = []
+    model = folder / "models" / "model.pt"
+    evidence = predict(validation, model, network_ms, network_config=overlay, section_context=context)
     membranes = [section[0] if section.ndim == 3 else section for section in evidence]
     result = {"validation_cells": best_on_grid("components", GRIDS["components"], membranes, validation)}
-    if target == "affinities":  # the mutex watershed on the network's own affinities
+    if target == "affinities":  # the methods on the network's own affinities
         offsets = json.loads((BUNDLE / "configs" / "affinities.json").read_text())["affinity_offsets"]
-        grid = {**LEARNED_MUTEX_WATERSHED, "affinity_offsets": [offsets]}
-        result["validation_cells_learned_mutex_watershed"] = best_on_grid("mutex_watershed", grid, evidence, validation)
+        for method, grid in LEARNED_GRIDS.items():
+            grid = {**grid, "affinity_offsets": [offsets]}
+            result[f"validation_cells_learned_{method}"] = best_on_grid(method, grid, evidence, validation)
     return {
         "target": target,
         "section_context": context,
@@ -121,17 +131,20 @@ def screen(target: str, context: int, folder: Path, args: argparse.Namespace) ->
         "median_epoch_seconds": float(np.median(epoch_seconds)),
         "val_v_rand_map": best_map,
         "best_epoch": best_epoch,
+        "network_ms_per_section": network_ms[0],
         **result,
     }
 
 
 def best_on_grid(method: str, grid: dict, maps: list[np.ndarray], items: list[dict]) -> dict:
-    """The grid's best combination by mean V_rand (then V_info) on ``items``, with its mean scores."""
+    """The grid's best combination by mean V_rand (then V_info) on ``items``, with its mean scores and its
+    milliseconds per section (best of 3)."""
     scored = []
     for options in combinations(grid):
         rows = score(method, options, maps, items)
         scored.append({"options": options, **{key: float(np.mean([row[key] for row in rows])) for key in rows[0]}})
-    return max(scored, key=lambda row: (row["v_rand"], row["v_info"]))
+    best = max(scored, key=lambda row: (row["v_rand"], row["v_info"]))
+    return {**best, "ms_per_section": ms_per_section(method, best["options"], maps)}
 
 
 def main() -> None:

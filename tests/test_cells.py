@@ -181,6 +181,28 @@ def test_learned_long_range_repulsion_splits_cells_whose_membrane_has_a_gap():
         label_cells(evidence, 0.5, "mutex_watershed", affinity_offsets=OFFSETS[:3])
 
 
+def test_lifted_multicut_on_true_affinities_recovers_a_synthetic_section():
+    membrane, expected = grid_section()
+    evidence = np.concatenate([membrane[None], _affinities(expected)])
+    cells = label_cells(evidence, 0.5, "lifted_multicut", boundary_bias=0.3, affinity_offsets=OFFSETS)
+    assert same_partition(cells, expected)
+
+
+def test_lifted_edges_keep_far_superpixels_that_the_network_sees_apart_apart():
+    """Three stripes behind faint lines: the multicut joins them all; a long-range affinity of 0 between the
+    outer two makes the lifted multicut cut between them."""
+    membrane = np.zeros((40, 38), np.float32)
+    membrane[:, [12, 25]] = 0.45  # faint lines: superpixels at threshold 0.4, joined at bias 0.4
+    offsets = [[-1, 0], [0, -1], [0, -27]]
+    affinities = np.ones((3, 40, 38), np.float32)
+    affinities[2, :, 26:] = 0.0  # from the right stripe to the left one, 27 px away: different cells
+    evidence = np.concatenate([membrane[None], affinities])
+    options = {"membrane_threshold": 0.4, "boundary_bias": 0.4, "affinity_offsets": offsets}
+    assert label_cells(evidence, method="multicut", **options).max() == 1
+    lifted = label_cells(evidence, method="lifted_multicut", **options)
+    assert lifted[20, 5] != lifted[20, 32] and lifted.max() >= 2
+
+
 def test_the_cell_labeller_holds_a_method_and_its_parameters():
     membrane, expected = grid_section()
     labeller = CellLabeller("watershed", membrane_threshold=0.5, seed_depth=2.0, min_size=4)

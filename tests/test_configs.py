@@ -188,8 +188,11 @@ def test_evaluate_writes_metrics_for_the_heldout_slices(trained, tiny_stack_dir,
 
 
 def cell_options(*config_files: str) -> dict:
+    """The cells' options as the labeller records them (null ones, as a membrane network's affinity_offsets, are
+    none)."""
     config = bundle_config(list(config_files))
-    return {key: config.get_parsed_content(f"cells#{key}") for key in config.get("cells") if not key.startswith("_")}
+    options = {key: config.get_parsed_content(f"cells#{key}") for key in config.get("cells") if not key.startswith("_")}
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def test_evaluation_scores_the_cells_inference_writes():

@@ -31,6 +31,11 @@ parameters):
   higher ``boundary_bias`` gives more cells. ``"multicut"`` weights each cost by the border's length (relative to
   the longest) and solves the multicut (greedy additive edge contraction, then Kernighan-Lin); ``"gasp"`` merges
   by the border-length-weighted average cost between clusters while it stays positive.
+* ``"lifted_multicut"``: the ``"multicut"``, plus lifted edges for a network that predicts affinities (Keuper
+  et al., ICCV 2015; Beier et al. 2017): two superpixels that are not neighbours but that a long-range offset
+  links get the cost of their mean affinity ``a`` (as above with ``b = 1 - a``), so far pixels the network sees
+  in different cells stay apart; solved by greedy additive edge contraction then Kernighan-Lin. Without
+  affinities it is the ``"multicut"``.
 
 Every method ends the same way: the interior pixels of each segment (``p < membrane_threshold``) are its
 seed, seeds smaller than ``min_size`` pixels are dropped, and a watershed floods the membrane from the kept
@@ -58,7 +63,7 @@ from .metrics import thinned_segmentation
 
 __all__ = ["CELL_METHODS", "CellLabeller", "label_cells", "label_cell_stack"]
 
-CELL_METHODS = ("components", "watershed", "mutex_watershed", "agglomeration", "multicut", "gasp")
+CELL_METHODS = ("components", "watershed", "mutex_watershed", "agglomeration", "multicut", "gasp", "lifted_multicut")
 
 
 def _distance_seeds(interior: np.ndarray, seed_depth: float) -> np.ndarray:
@@ -140,10 +145,13 @@ def _superpixels(probability: np.ndarray, membrane_threshold: float, sigma_seeds
     return superpixels.astype(np.int64)
 
 
-def _partition(superpixels: np.ndarray, probability: np.ndarray, method: str, boundary_bias: float) -> np.ndarray:
-    """(H, W) int64 segments: the superpixels joined by ``method`` (``"multicut"`` or ``"gasp"``) on their region
-    adjacency graph, with costs from the (H, W) probability and ``boundary_bias`` (module docstring)."""
-    from elf.segmentation import features, gasp, multicut  # a second to import: only for these two methods
+def _partition(
+    superpixels: np.ndarray, probability: np.ndarray, method: str, boundary_bias: float, affinities=None, offsets=None
+) -> np.ndarray:
+    """(H, W) int64 segments: the superpixels joined by ``method`` (``"multicut"``, ``"gasp"`` or
+    ``"lifted_multicut"``, with the network's affinities and their offsets) on their region adjacency graph, with
+    costs from the (H, W) probability and ``boundary_bias`` (module docstring)."""
+    from elf.segmentation import features, gasp, lifted_multicut, multicut  # a second to import: used here only
 
     # one thread: the cells of a block run on the core the network leaves them (scripts.volumes.LocalRunner)
     graph = features.compute_rag(superpixels, n_threads=1)
@@ -151,13 +159,42 @@ def _partition(superpixels: np.ndarray, probability: np.ndarray, method: str, bo
         return superpixels
     evidence = maximum_filter(probability, footprint=generate_binary_structure(2, 1))
     boundary, length = features.compute_boundary_mean_and_length(graph, superpixels, evidence, n_threads=1).T
-    if method == "multicut":
+    if method == "lifted_multicut" and affinities is not None:
+        costs = multicut.compute_edge_costs(boundary, length, beta=boundary_bias, weighting_scheme="all")
+        uv, affinity = _lifted_edges(superpixels, affinities, offsets, graph)
+        if len(uv) == 0:
+            nodes = multicut.multicut_kernighan_lin(graph, costs)
+        else:
+            lifted_costs = multicut.compute_edge_costs(1.0 - affinity, beta=boundary_bias)
+            nodes = lifted_multicut.lifted_multicut_kernighan_lin(graph, costs, uv, lifted_costs)
+    elif method in ("multicut", "lifted_multicut"):
         costs = multicut.compute_edge_costs(boundary, length, beta=boundary_bias, weighting_scheme="all")
         nodes = multicut.multicut_kernighan_lin(graph, costs)
     else:
         costs = multicut.compute_edge_costs(boundary, beta=boundary_bias)
         nodes, _ = gasp.run_GASP(graph, costs, linkage_criteria="mean", edge_sizes=length)
     return features.project_node_labels_to_pixels(graph, superpixels, np.asarray(nodes), n_threads=1).astype(np.int64)
+
+
+def _lifted_edges(superpixels: np.ndarray, affinities: np.ndarray, offsets: np.ndarray, graph) -> tuple:
+    """(uv, mean affinity) of the superpixel pairs that the longer offsets link and the graph does not."""
+    height, width = superpixels.shape
+    nodes = int(superpixels.max()) + 1
+    keys, values = [np.zeros(0, np.int64)], [np.zeros(0, np.float64)]
+    for affinity, (dy, dx) in zip(affinities, offsets, strict=True):
+        if abs(dy) + abs(dx) == 1 or abs(dy) >= height or abs(dx) >= width:
+            continue
+        source = (slice(max(-dy, 0), height - max(dy, 0)), slice(max(-dx, 0), width - max(dx, 0)))
+        target = (slice(max(dy, 0), height - max(-dy, 0)), slice(max(dx, 0), width - max(-dx, 0)))
+        u, v = superpixels[source].ravel(), superpixels[target].ravel()
+        apart = u != v
+        keys.append(np.minimum(u, v)[apart] * nodes + np.maximum(u, v)[apart])
+        values.append(affinity[source].ravel()[apart])
+    pairs, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    mean = np.bincount(inverse, np.concatenate(values), len(pairs)) / np.maximum(np.bincount(inverse), 1)
+    local = np.sort(graph.uv_ids().astype(np.int64), axis=1)
+    lifted = ~np.isin(pairs, local[:, 0] * nodes + local[:, 1])
+    return np.stack([pairs // nodes, pairs % nodes], axis=1)[lifted].astype(np.uint64), mean[lifted]
 
 
 def label_cells(
@@ -220,9 +257,10 @@ def label_cells(
             segments = _learned_mutex_watershed(affinities, np.asarray(affinity_offsets), repulsion_bias)
         elif method == "mutex_watershed":
             segments = _mutex_watershed(probability, long_range, repulsion_bias)
-        elif method in ("multicut", "gasp"):
+        elif method in ("multicut", "gasp", "lifted_multicut"):
             superpixels = _superpixels(probability, membrane_threshold, sigma_seeds)
-            segments = _partition(superpixels, probability, method, boundary_bias)
+            offsets = None if affinity_offsets is None else np.asarray(affinity_offsets)
+            segments = _partition(superpixels, probability, method, boundary_bias, affinities, offsets)
         else:
             fragments = watershed(probability, markers=_distance_seeds(interior, seed_depth), connectivity=1)
             segments = _agglomerate(fragments, probability, merge_threshold)
@@ -257,7 +295,9 @@ class CellLabeller:
             bias = parameters["boundary_bias"] = number(parameters["boundary_bias"], "cells#boundary_bias")
             if not 0 < bias < 1:
                 raise InputError(f"--cells#boundary_bias: {bias!r} must lie strictly between 0 and 1")
-        offsets = parameters.get("affinity_offsets")
+        offsets = parameters.pop("affinity_offsets", None)  # null (a membrane network): not an option at all
+        if offsets is not None:
+            parameters["affinity_offsets"] = offsets
         if offsets is not None and (np.ndim(offsets) != 2 or np.shape(offsets)[1] != 2):
             raise InputError(f"--cells#affinity_offsets {offsets!r}: must be a list of [dy, dx] offsets, or null")
         self.options = {"method": method, "membrane_threshold": membrane_threshold, **parameters}
