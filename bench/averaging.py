@@ -29,18 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import machine  # noqa: E402
-from cell_methods import BUNDLE, GRIDS, combinations, predict, score  # noqa: E402
+from cell_methods import BUNDLE, GRIDS, best_on_grid, predict  # noqa: E402
 
 from scripts.datalists import load_labelled_stack, split_sections  # noqa: E402
-
-
-def best_cells(maps: list[np.ndarray], items: list[dict]) -> dict:
-    """The components grid's best mean V_rand (then V_info) on ``items``, with its options."""
-    scored = []
-    for options in combinations(GRIDS["components"]):
-        rows = score("components", options, maps, items)
-        scored.append({"options": options, **{key: float(np.mean([row[key] for row in rows])) for key in rows[0]}})
-    return max(scored, key=lambda row: (row["v_rand"], row["v_info"]))
 
 
 def main() -> None:
@@ -69,7 +60,7 @@ def main() -> None:
             averaged = [np.mean(sections, axis=0) for sections in zip(*(maps[i, tta] for i in group), strict=True)]
             row = {"maps": [str(args.models[i]) for i in group], "test_time_augmentation": tta}
             row["network_ms"] = sum(network_ms[i, tta] for i in group)
-            row["validation_cells"] = best_cells(averaged, validation)
+            row["validation_cells"] = best_on_grid("components", GRIDS["components"], averaged, validation)
             rows.append(row)
     baseline = rows[0]
     for row in rows:

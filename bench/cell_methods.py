@@ -143,6 +143,15 @@ def score(method: str, options: dict, maps: list[np.ndarray], items: list[dict])
     return [cell_scores(label_cells(p, method=method, **options), item["label"]) for p, item in pairs]
 
 
+def best_on_grid(method: str, grid: dict, maps: list[np.ndarray], items: list[dict]) -> dict:
+    """The grid's best combination by mean V_rand (then V_info) on ``items``, with its mean scores."""
+    scored = []
+    for options in combinations(grid):
+        rows = score(method, options, maps, items)
+        scored.append({"options": options, **{key: float(np.mean([row[key] for row in rows])) for key in rows[0]}})
+    return max(scored, key=lambda row: (row["v_rand"], row["v_info"]))
+
+
 def ms_per_section(method: str, options: dict, maps: list[np.ndarray], repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):

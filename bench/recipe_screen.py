@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import machine  # noqa: E402
-from cell_methods import BUNDLE, GRIDS, combinations, ms_per_section, predict, score  # noqa: E402
+from cell_methods import BUNDLE, GRIDS, best_on_grid, ms_per_section, predict  # noqa: E402
 from cross_validation import bundle  # noqa: E402
 
 from scripts.datalists import load_labelled_stack, split_sections, validation_block  # noqa: E402
@@ -115,12 +115,12 @@ def screen(target: str, context: int, folder: Path, args: argparse.Namespace) ->
     model = folder / "models" / "model.pt"
     evidence = predict(validation, model, network_ms, network_config=overlay, section_context=context)
     membranes = [section[0] if section.ndim == 3 else section for section in evidence]
-    result = {"validation_cells": best_on_grid("components", GRIDS["components"], membranes, validation)}
+    result = {"validation_cells": timed_best_on_grid("components", GRIDS["components"], membranes, validation)}
     if target == "affinities":  # the methods on the network's own affinities
         offsets = json.loads((BUNDLE / "configs" / "affinities.json").read_text())["affinity_offsets"]
         for method, grid in LEARNED_GRIDS.items():
             grid = {**grid, "affinity_offsets": [offsets]}
-            result[f"validation_cells_learned_{method}"] = best_on_grid(method, grid, evidence, validation)
+            result[f"validation_cells_learned_{method}"] = timed_best_on_grid(method, grid, evidence, validation)
     return {
         "target": target,
         "section_context": context,
@@ -136,14 +136,9 @@ def screen(target: str, context: int, folder: Path, args: argparse.Namespace) ->
     }
 
 
-def best_on_grid(method: str, grid: dict, maps: list[np.ndarray], items: list[dict]) -> dict:
-    """The grid's best combination by mean V_rand (then V_info) on ``items``, with its mean scores and its
-    milliseconds per section (best of 3)."""
-    scored = []
-    for options in combinations(grid):
-        rows = score(method, options, maps, items)
-        scored.append({"options": options, **{key: float(np.mean([row[key] for row in rows])) for key in rows[0]}})
-    best = max(scored, key=lambda row: (row["v_rand"], row["v_info"]))
+def timed_best_on_grid(method: str, grid: dict, maps: list[np.ndarray], items: list[dict]) -> dict:
+    """:func:`cell_methods.best_on_grid` with the chosen combination's milliseconds per section (best of 3)."""
+    best = best_on_grid(method, grid, maps, items)
     return {**best, "ms_per_section": ms_per_section(method, best["options"], maps)}
 
 
