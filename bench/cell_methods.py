@@ -15,6 +15,10 @@ validation sections are scored (V_rand, V_info of the cells, as ``run evaluating
 
     python bench/cell_methods.py [--fold 4] [--model_path bundle/models/model.pt] [--output FILE.json]
 
+With ``--oof_maps bench/nested_folds.py's oof_maps.npz`` the choices are made on the out-of-fold maps of all 24
+sections of 0-23 instead (each predicted by an inner fold's model that did not train on it), the leave-one-out
+column leaves a whole block of 6 sections out, and the test block is still predicted by ``--model_path``.
+
 Prints a markdown table (also saved beside the JSON as .md) with the cost per section on this machine's CPU
 (best of 3, CPU model and flags printed; the JSON also holds the machine and command line under ``machine``).
 Takes about 10 minutes on 2 CPU cores.
@@ -39,7 +43,7 @@ import machine  # noqa: E402
 
 from scripts.cells import label_cells  # noqa: E402
 from scripts.checkpoints import load_weights  # noqa: E402
-from scripts.datalists import load_labelled_stack, split_sections  # noqa: E402
+from scripts.datalists import heldout_block, load_labelled_stack, split_sections  # noqa: E402
 from scripts.metrics import cell_scores  # noqa: E402
 
 GRIDS = {
@@ -67,13 +71,13 @@ GRIDS = {
     "multicut": {
         "membrane_threshold": [0.4, 0.5, 0.6],
         "sigma_seeds": [2.0, 3.0, 4.0, 6.0],
-        "boundary_bias": [0.1, 0.2, 0.3, 0.4],
+        "boundary_bias": [0.02, 0.05, 0.1, 0.2, 0.3, 0.4],
         "min_size": [64, 128],
     },
     "gasp": {
         "membrane_threshold": [0.4, 0.5, 0.6],
         "sigma_seeds": [2.0, 3.0, 4.0, 6.0],
-        "boundary_bias": [0.1, 0.2, 0.3, 0.4],
+        "boundary_bias": [0.02, 0.05, 0.1, 0.2, 0.3, 0.4],
         "min_size": [64, 128],
     },
 }
@@ -162,19 +166,27 @@ def ms_per_section(method: str, options: dict, maps: list[np.ndarray], repeats: 
     return 1000 * min(times) / len(maps)
 
 
-def leave_one_out(v_rand: np.ndarray, v_info: np.ndarray) -> dict[str, float]:
-    """(combinations, sections) scores -> mean over sections of the score at the choice made without it."""
-    chosen = [int(np.argmax(np.delete(v_rand, s, axis=1).mean(axis=1))) for s in range(v_rand.shape[1])]
+def leave_one_out(v_rand: np.ndarray, v_info: np.ndarray, groups: list[int] | None = None) -> dict[str, float]:
+    """(combinations, sections) scores -> mean over sections of the score at the choice made without the section's
+    group (by default each section is its own group; out-of-fold maps leave a whole block out)."""
+    groups = np.arange(v_rand.shape[1]) if groups is None else np.asarray(groups)
+    chosen = {g: int(np.argmax(v_rand[:, groups != g].mean(axis=1))) for g in np.unique(groups)}
     return {
-        "v_rand": float(np.mean([v_rand[c, s] for s, c in enumerate(chosen)])),
-        "v_info": float(np.mean([v_info[c, s] for s, c in enumerate(chosen)])),
+        "v_rand": float(np.mean([v_rand[chosen[g], s] for s, g in enumerate(groups)])),
+        "v_info": float(np.mean([v_info[chosen[g], s] for s, g in enumerate(groups)])),
     }
 
 
 def compare_methods(
-    methods: list[str], validation: list[dict], validation_maps: list, test: list[dict], test_maps: list
+    methods: list[str],
+    validation: list[dict],
+    validation_maps: list,
+    test: list[dict],
+    test_maps: list,
+    groups: list[int] | None = None,
 ) -> dict[str, dict]:
-    """Each method's grid scored on the validation sections, its best combination scored once on the test ones."""
+    """Each method's grid scored on the validation sections, its best combination scored once on the test ones
+    (``groups``: the validation sections' blocks, left out together in ``validation_leave_one_out``)."""
     results = {}
     for method in methods:
         started = time.perf_counter()
@@ -188,7 +200,7 @@ def compare_methods(
         results[method] = {
             "chosen": chosen,
             "validation": {key: float(np.mean([s[key] for s in rows[best]])) for key in SCORES},
-            "validation_leave_one_out": leave_one_out(v_rand, v_info),
+            "validation_leave_one_out": leave_one_out(v_rand, v_info, groups),
             "test": {key: float(np.mean([s[key] for s in test_rows])) for key in SCORES},
             "test_per_section": [{"slice": item["slice"], **s} for item, s in zip(test, test_rows, strict=True)],
             "ms_per_section": ms_per_section(method, chosen, validation_maps),
@@ -212,17 +224,21 @@ def main() -> None:
     parser.add_argument("--model_path", type=Path, default=BUNDLE / "models" / "model.pt")
     parser.add_argument("--dataset_dir", type=Path, default=BUNDLE / "data" / "isbi2012")
     parser.add_argument("--methods", nargs="+", default=list(GRIDS))
+    parser.add_argument("--oof_maps", type=Path, help="choose on these out-of-fold maps (bench/nested_folds.py)")
     parser.add_argument("--output", type=Path, default=Path("docs/results/cell_methods.json"))
     args = parser.parse_args()
     description = machine.describe()
     items = load_labelled_stack(args.dataset_dir / "train-volume.tif", args.dataset_dir / "train-labels.tif")
     sections = split_sections(items, args.fold, args.num_folds)
-    validation, test = sections["validation"], sections["test"]
-    network_ms: list[float] = []
-    validation_maps = predict(validation, args.model_path, network_ms)
-    test_maps = predict(test, args.model_path)
+    test, network_ms = sections["test"], []
+    test_maps = predict(test, args.model_path, network_ms)
+    if args.oof_maps:
+        validation, validation_maps, groups = out_of_fold(args.oof_maps, items, args.num_folds)
+    else:
+        validation, groups = sections["validation"], None
+        validation_maps = predict(validation, args.model_path)
 
-    results = compare_methods(args.methods, validation, validation_maps, test, test_maps)
+    results = compare_methods(args.methods, validation, validation_maps, test, test_maps, groups)
 
     def validation_score(method: str) -> tuple[float, float]:
         return results[method]["validation"]["v_rand"], results[method]["validation"]["v_info"]
@@ -234,6 +250,7 @@ def main() -> None:
         "validation_slices": [item["slice"] for item in validation],
         "test_slices": [item["slice"] for item in test],
         "model_path": str(args.model_path),
+        "validation_maps": str(args.oof_maps) if args.oof_maps else "the model's own",
         "cpu": f"{description['cpu']}, {description['torch_threads']} torch threads, flags: {description['cpu_flags']}",
         "network_ms_per_section": network_ms[0],
         "max_cost_over_network": MAX_COST_OVER_NETWORK,
@@ -248,14 +265,23 @@ def main() -> None:
     print(table)
 
 
+def out_of_fold(path: Path, items: list[dict], num_folds: int) -> tuple[list[dict], list[np.ndarray], list[int]]:
+    """The items, maps and blocks (folds of ``num_folds``) of the sections in ``bench/nested_folds.py``'s file."""
+    stored = np.load(path)
+    slices = [int(z) for z in stored["slices"]]
+    blocks = [next(j for j in range(num_folds) if z in heldout_block(len(items), j, num_folds)) for z in slices]
+    return [items[z] for z in slices], list(stored["maps"]), blocks
+
+
 def markdown_table(summary: dict) -> str:
     validation = f"{summary['validation_slices'][0]}–{summary['validation_slices'][-1]}"
     test = f"{summary['test_slices'][0]}–{summary['test_slices'][-1]}"
+    left_out = "section" if summary.get("validation_maps", "the model's own") == "the model's own" else "block"
     lines = [
         f"CPU: {summary['cpu']}; the network: {summary['network_ms_per_section']:.0f} ms per section",
         "",
         f"| method | parameters (chosen on {validation}) | V_rand / V_info {validation} "
-        f"| leave-one-out {validation} | **V_rand / V_info {test}** | splits / merges per section {test} "
+        f"| leave-one-{left_out}-out {validation} | **V_rand / V_info {test}** | splits / merges per section {test} "
         "| cells per section (truth) | ms per section |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]

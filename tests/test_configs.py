@@ -199,6 +199,17 @@ def test_evaluation_scores_the_cells_inference_writes():
     assert cell_options("configs/train.json", "configs/evaluate.json") == cell_options("configs/inference.json")
 
 
+def test_a_learned_edge_classifier_is_one_override_away_and_recorded_by_its_path(tmp_path):
+    from scripts.edge_costs import NUM_FEATURES, EdgeClassifier
+
+    path = tmp_path / "edge_classifier.json"
+    EdgeClassifier(np.zeros(NUM_FEATURES), np.ones(NUM_FEATURES), np.zeros(NUM_FEATURES), 0.0).save(path)
+    overrides = {"cells#method": "gasp", "cells#edge_classifier": str(path)}
+    labeller = bundle_config(["configs/inference.json"], overrides).get_parsed_content("cells")
+    assert json.loads(json.dumps(labeller.options))["edge_classifier"] == str(path)  # as metrics.json records it
+    assert isinstance(labeller._label_options["edge_classifier"], EdgeClassifier)
+
+
 @pytest.mark.parametrize("overlay", [[], ["configs/affinities.json"]])
 def test_training_and_evaluation_derive_the_membrane_as_inference_does(overlay):
     """train.json's postprocessing (validation, evaluation) is inference.json's, with or without an overlay."""

@@ -74,6 +74,18 @@ def test_each_fold_validates_on_the_block_before_its_test_block():
     assert validation_block(30, 0, 5) == range(24, 30)
 
 
+def test_a_named_validation_block_gives_the_inner_folds_of_nested_cross_validation():
+    items = [{"slice": z} for z in range(30)]
+    parts = {name: [i["slice"] for i in part] for name, part in split_sections(items, 4, 5, validation_fold=0).items()}
+    assert parts == {"train": list(range(6, 24)), "validation": list(range(6)), "test": list(range(24, 30))}
+
+
+@pytest.mark.parametrize("validation_fold", [4, 5, -1])
+def test_the_validation_block_must_be_another_block_than_the_test_block(validation_fold):
+    with pytest.raises(InputError, match=f"--validation_fold {validation_fold}: .*another block"):
+        validation_block(30, 4, 5, validation_fold)
+
+
 def test_split_separates_training_validation_and_test_sections():
     items = [{"slice": z} for z in range(30)]
     parts = {name: [i["slice"] for i in part] for name, part in split_sections(items, fold=4, num_folds=5).items()}

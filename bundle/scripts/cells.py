@@ -31,6 +31,8 @@ parameters):
   higher ``boundary_bias`` gives more cells. ``"multicut"`` weights each cost by the border's length (relative to
   the longest) and solves the multicut (greedy additive edge contraction, then Kernighan-Lin); ``"gasp"`` merges
   by the border-length-weighted average cost between clusters while it stays positive.
+  With an ``edge_classifier`` (:mod:`scripts.edge_costs`), ``b`` is instead the classifier's probability that
+  the border separates two cells, from statistics of the border over filtered versions of the probability.
 * ``"lifted_multicut"``: the ``"multicut"``, plus lifted edges for a network that predicts affinities (Keuper
   et al., ICCV 2015; Beier et al. 2017): two superpixels that are not neighbours but that a long-range offset
   links get the cost of their mean affinity ``a`` (as above with ``b = 1 - a``), so far pixels the network sees
@@ -57,6 +59,7 @@ from skimage.measure import label as connected_components
 from skimage.morphology import h_maxima, remove_small_objects
 from skimage.segmentation import watershed
 
+from .edge_costs import EdgeClassifier, edge_features
 from .errors import InputError
 from .flags import number
 from .metrics import thinned_segmentation
@@ -64,6 +67,8 @@ from .metrics import thinned_segmentation
 __all__ = ["CELL_METHODS", "CellLabeller", "label_cells", "label_cell_stack"]
 
 CELL_METHODS = ("components", "watershed", "mutex_watershed", "agglomeration", "multicut", "gasp", "lifted_multicut")
+#: the methods that partition a graph of superpixels, and so take an edge classifier
+PARTITION_METHODS = ("multicut", "gasp", "lifted_multicut")
 
 
 def _distance_seeds(interior: np.ndarray, seed_depth: float) -> np.ndarray:
@@ -146,11 +151,18 @@ def _superpixels(probability: np.ndarray, membrane_threshold: float, sigma_seeds
 
 
 def _partition(
-    superpixels: np.ndarray, probability: np.ndarray, method: str, boundary_bias: float, affinities=None, offsets=None
+    superpixels: np.ndarray,
+    probability: np.ndarray,
+    method: str,
+    boundary_bias: float,
+    affinities=None,
+    offsets=None,
+    edge_classifier=None,
 ) -> np.ndarray:
     """(H, W) int64 segments: the superpixels joined by ``method`` (``"multicut"``, ``"gasp"`` or
     ``"lifted_multicut"``, with the network's affinities and their offsets) on their region adjacency graph, with
-    costs from the (H, W) probability and ``boundary_bias`` (module docstring)."""
+    costs from the (H, W) probability, or from ``edge_classifier`` on it, and ``boundary_bias`` (module
+    docstring)."""
     from elf.segmentation import features, gasp, lifted_multicut, multicut  # a second to import: used here only
 
     # one thread: the cells of a block run on the core the network leaves them (scripts.volumes.LocalRunner)
@@ -159,6 +171,8 @@ def _partition(
         return superpixels
     evidence = maximum_filter(probability, footprint=generate_binary_structure(2, 1))
     boundary, length = features.compute_boundary_mean_and_length(graph, superpixels, evidence, n_threads=1).T
+    if edge_classifier is not None:
+        boundary = edge_classifier(edge_features(graph, superpixels, probability))
     if method == "lifted_multicut" and affinities is not None:
         costs = multicut.compute_edge_costs(boundary, length, beta=boundary_bias, weighting_scheme="all")
         uv, affinity = _lifted_edges(superpixels, affinities, offsets, graph)
@@ -209,6 +223,7 @@ def label_cells(
     sigma_seeds: float = 2.0,
     boundary_bias: float = 0.5,
     affinity_offsets: Sequence[Sequence[int]] | None = None,
+    edge_classifier: EdgeClassifier | None = None,
 ) -> np.ndarray:
     """The cells of one section (the methods and their parameters: see the module docstring).
 
@@ -226,6 +241,8 @@ def label_cells(
             superpixels, in pixels (higher: fewer superpixels).
         boundary_bias: ``"multicut"``, ``"gasp"``: the cost's bias, in (0, 1); higher gives more cells.
         affinity_offsets: the n ``[dy, dx]`` offsets of the affinities given after the membrane; None without.
+        edge_classifier: ``"multicut"``, ``"gasp"``, ``"lifted_multicut"``: learned edge costs
+            (:class:`scripts.edge_costs.EdgeClassifier`) instead of the mean boundary evidence; None for the mean.
 
     Returns:
         (H, W) int32 cell ids 1..K, 0 on the 1-pixel lines between cells; all 0 when there is no interior.
@@ -245,6 +262,8 @@ def label_cells(
         raise ValueError(f"cell method must be one of {CELL_METHODS}, got {method!r}")
     if not 0 < boundary_bias < 1:
         raise ValueError(f"boundary_bias must be in (0, 1), got {boundary_bias}")
+    if edge_classifier is not None and method not in PARTITION_METHODS:
+        raise ValueError(f"an edge classifier costs the edges of {PARTITION_METHODS}, not of {method!r}")
     interior = probability < membrane_threshold
     if not interior.any():
         return np.zeros(probability.shape, dtype=np.int32)
@@ -257,10 +276,10 @@ def label_cells(
             segments = _learned_mutex_watershed(affinities, np.asarray(affinity_offsets), repulsion_bias)
         elif method == "mutex_watershed":
             segments = _mutex_watershed(probability, long_range, repulsion_bias)
-        elif method in ("multicut", "gasp", "lifted_multicut"):
+        elif method in PARTITION_METHODS:
             superpixels = _superpixels(probability, membrane_threshold, sigma_seeds)
             offsets = None if affinity_offsets is None else np.asarray(affinity_offsets)
-            segments = _partition(superpixels, probability, method, boundary_bias, affinities, offsets)
+            segments = _partition(superpixels, probability, method, boundary_bias, affinities, offsets, edge_classifier)
         else:
             fragments = watershed(probability, markers=_distance_seeds(interior, seed_depth), connectivity=1)
             segments = _agglomerate(fragments, probability, merge_threshold)
@@ -280,7 +299,9 @@ class CellLabeller:
     """A cell method and its parameters, as one component of the configs (arguments: see :func:`label_cells`).
 
     ``labeller(section)`` labels one (H, W) section, ``labeller.stack(stack)`` a (Z, H, W) stack with ids
-    unique across it (:func:`label_cell_stack`).
+    unique across it (:func:`label_cell_stack`). ``edge_classifier`` is the path of a file that
+    :meth:`scripts.edge_costs.EdgeClassifier.save` wrote, read once here; ``options`` keeps the path, as
+    configured, for the reports.
     """
 
     def __init__(self, method: str = "components", membrane_threshold: float = 0.5, **parameters) -> None:
@@ -300,18 +321,29 @@ class CellLabeller:
             parameters["affinity_offsets"] = offsets
         if offsets is not None and (np.ndim(offsets) != 2 or np.shape(offsets)[1] != 2):
             raise InputError(f"--cells#affinity_offsets {offsets!r}: must be a list of [dy, dx] offsets, or null")
-        self.options = {"method": method, "membrane_threshold": membrane_threshold, **parameters}
+        classifier = parameters.pop("edge_classifier", None)  # null: the mean boundary evidence
+        if classifier is not None:
+            if method not in PARTITION_METHODS:
+                raise InputError(
+                    f"--cells#edge_classifier: method {method!r} has no edges to cost; use one of "
+                    f"{', '.join(PARTITION_METHODS)}"
+                )
+            parameters["edge_classifier"] = str(classifier)
+        self.options = {"method": method, "membrane_threshold": membrane_threshold, **parameters}  # as configured
+        self._label_options = dict(self.options)
+        if classifier is not None:
+            self._label_options["edge_classifier"] = EdgeClassifier.load(classifier)
         try:
-            label_cells(np.array([[0.0, 1.0, 0.0]], np.float32), **self.options)  # two cells: a valid probe
+            label_cells(np.array([[0.0, 1.0, 0.0]], np.float32), **self._label_options)  # two cells: a valid probe
         except TypeError as error:  # a parameter label_cells does not take
             raise InputError(f"cells: {error}") from error
 
     def __call__(self, membrane_probability: np.ndarray) -> np.ndarray:
         """The cells of an (H, W) membrane probability, or of (1 + n, H, W) with the network's affinities."""
-        return label_cells(membrane_probability, **self.options)
+        return label_cells(membrane_probability, **self._label_options)
 
     def stack(self, membrane_probability: np.ndarray) -> np.ndarray:
-        return label_cell_stack(membrane_probability, **self.options)
+        return label_cell_stack(membrane_probability, **self._label_options)
 
     def __repr__(self) -> str:
         return f"CellLabeller({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"

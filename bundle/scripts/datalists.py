@@ -8,9 +8,11 @@ Splits are contiguous blocks of sections, written out by :func:`heldout_block`: 
 correlated, so a section never validates a model trained on its neighbours.
 
 Each fold has three parts (:func:`split_sections`): the *test* block, which no choice sees; the *validation*
-block, the fold before it (cyclically), on which the checkpoint, the membrane threshold and the cell
-parameters are chosen; and the *training* sections, all the others. With 30 sections and the default fold 4:
-train on 0-17, validate on 18-23, test on 24-29.
+block, the fold before it (cyclically) unless another block is named, on which the checkpoint, the membrane
+threshold and the cell parameters are chosen; and the *training* sections, all the others. With 30 sections and
+the default fold 4: train on 0-17, validate on 18-23, test on 24-29. Naming the validation block gives the
+inner folds of nested cross-validation: with fold 4, validation block 0 trains on 6-23 and validates on 0-5,
+so every block of 0-23 gets a map from a model that did not train on it, and 24-29 stays unseen.
 
 With section context ``k`` (:func:`with_section_context`) each part's images become (2k + 1, H, W) stacks of the
 section and its neighbours *within that part*, mirrored at the ends of each contiguous run of its sections
@@ -67,10 +69,11 @@ def heldout_block(num_slices: int, fold: int, num_folds: int) -> range:
     return range(edges[fold], edges[fold + 1])
 
 
-def validation_block(num_slices: int, fold: int, num_folds: int) -> range:
-    """The inner validation block of ``fold``: the block of fold ``fold - 1`` (cyclically).
+def validation_block(num_slices: int, fold: int, num_folds: int, validation_fold: int | None = None) -> range:
+    """The inner validation block of ``fold``: the block of fold ``validation_fold``, by default ``fold - 1``
+    (cyclically).
 
-    With 30 sections and 5 folds: fold 4 validates on 18-23, fold 0 on 24-29.
+    With 30 sections and 5 folds: fold 4 validates on 18-23, fold 0 on 24-29; fold 4 with validation fold 0 on 0-5.
     """
     if num_folds < 3:
         raise InputError(
@@ -78,14 +81,23 @@ def validation_block(num_slices: int, fold: int, num_folds: int) -> range:
             "so num_folds must be >= 3"
         )
     heldout_block(num_slices, fold, num_folds)  # checks the fold
-    return heldout_block(num_slices, (fold - 1) % num_folds, num_folds)
+    if validation_fold is None:
+        validation_fold = (fold - 1) % num_folds
+    if validation_fold == fold or not 0 <= validation_fold < num_folds:
+        raise InputError(
+            f"--validation_fold {validation_fold}: the validation block must be another block than the test block "
+            f"(--fold {fold}), in [0, {num_folds})"
+        )
+    return heldout_block(num_slices, validation_fold, num_folds)
 
 
-def split_sections(items: list[dict], fold: int, num_folds: int, section_context: int = 0) -> dict[str, list[dict]]:
+def split_sections(
+    items: list[dict], fold: int, num_folds: int, section_context: int = 0, validation_fold: int | None = None
+) -> dict[str, list[dict]]:
     """The ``"train"``, ``"validation"`` and ``"test"`` items of one fold, each part with its own section context
-    (see the module docstring)."""
+    (see the module docstring); ``validation_fold`` as in :func:`validation_block`."""
     test = heldout_block(len(items), fold, num_folds)
-    validation = validation_block(len(items), fold, num_folds)
+    validation = validation_block(len(items), fold, num_folds, validation_fold)
     part = {"train": [], "validation": [], "test": []}
     for item in items:
         name = "test" if item["slice"] in test else "validation" if item["slice"] in validation else "train"
