@@ -40,7 +40,8 @@ from scripts.datalists import load_labelled_stack, split_sections  # noqa: E402
 from scripts.edge_costs import EdgeClassifier, edge_features, edge_labels  # noqa: E402
 from scripts.metrics import cell_scores  # noqa: E402
 
-SUPERPIXELS = {"membrane_threshold": [0.4, 0.5], "sigma_seeds": [2.0, 3.0]}
+# around the superpixels the mean-cost multicut chose on the same maps (bench/cell_methods.py --oof_maps: 0.6, 2)
+SUPERPIXELS = {"membrane_threshold": [0.5, 0.6], "sigma_seeds": [2.0, 3.0]}
 PARTITION = {"method": ["multicut", "gasp"], "boundary_bias": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], "min_size": [64, 128]}
 
 
