@@ -12,7 +12,7 @@ combination on the block (the same in-sample choice for every map), and timed: t
 milliseconds per 512² section on this machine, summed over the models it needs. ``gain_per_network_ms`` is the
 V_rand gained over the first model's plain map per extra millisecond.
 
-    python bench/averaging.py --models bundle/models/model.pt OTHER.pt ... [--fold 4]
+    python bench/averaging.py --models bundle/models/fold4/model.pt OTHER.pt ... [--fold 4]
         [--output docs/results/averaging.json]
 
 A few minutes on 2 CPU cores for two models.

@@ -1,6 +1,6 @@
 """Cell methods compared on the same probability maps, every parameter chosen on the fold's validation block.
 
-For one fold (default 4: validation sections 18-23, test 24-29), the network (default: the shipped weights,
+For one fold (default 4: validation sections 18-23, test 24-29), the network (default: ``models/fold4/``,
 trained under that fold's protocol) predicts each validation and test section as inference.json does. Then,
 for every method of ``scripts.cells`` and every combination of its parameter grid, the cell maps of the
 validation sections are scored (V_rand, V_info of the cells, as ``run evaluating`` scores them):
@@ -13,7 +13,7 @@ validation sections are scored (V_rand, V_info of the cells, as ``run evaluating
   ``MAX_COST_OVER_NETWORK`` (3) times as long per section as the network (issue 25's speed requirement; issue 12's
   was 1); ``best_on_validation`` names the best regardless of speed.
 
-    python bench/cell_methods.py [--fold 4] [--model_path bundle/models/model.pt] [--output FILE.json]
+    python bench/cell_methods.py [--fold 4] [--model_path bundle/models/fold4/model.pt] [--output FILE.json]
 
 With ``--oof_maps bench/nested_folds.py's oof_maps.npz`` the choices are made on the out-of-fold maps of all 24
 sections of 0-23 instead (each predicted by an inner fold's model that did not train on it), the leave-one-out
@@ -221,7 +221,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fold", type=int, default=4)
     parser.add_argument("--num_folds", type=int, default=5)
-    parser.add_argument("--model_path", type=Path, default=BUNDLE / "models" / "model.pt")
+    parser.add_argument("--model_path", type=Path, default=BUNDLE / "models" / "fold4" / "model.pt")
     parser.add_argument("--dataset_dir", type=Path, default=BUNDLE / "data" / "isbi2012")
     parser.add_argument("--methods", nargs="+", default=list(GRIDS))
     parser.add_argument("--oof_maps", type=Path, help="choose on these out-of-fold maps (bench/nested_folds.py)")

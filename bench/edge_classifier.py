@@ -78,7 +78,9 @@ def edge_auc(classifiers: dict[int, EdgeClassifier], data: list, blocks: list[in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--oof_maps", type=Path, required=True)
-    parser.add_argument("--model_path", type=Path, default=BUNDLE / "models" / "model.pt", help="fold 4's model")
+    parser.add_argument(
+        "--model_path", type=Path, default=BUNDLE / "models" / "fold4" / "model.pt", help="fold 4's model"
+    )
     parser.add_argument("--dataset_dir", type=Path, default=BUNDLE / "data" / "isbi2012")
     parser.add_argument("--classifier", type=Path, default=BUNDLE / "models" / "edge_classifier.json")
     parser.add_argument("--output", type=Path, default=Path("docs/results/edge_classifier.json"))

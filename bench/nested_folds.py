@@ -4,12 +4,12 @@ Fold 4 trains on 0-17, chooses its checkpoint on 18-23 and leaves 24-29 to the t
 choose cell methods and their parameters poorly (docs/cells.md), so issue 25 asks for choices on out-of-fold maps
 of all 24 sections of 0-23. Inner fold ``j`` (0, 1, 2) trains the default recipe with ``--fold 4
 --validation_fold j``: on the 18 sections of 0-23 outside block ``j``, its checkpoint chosen on block ``j``, as
-fold 4's own model is on 18-23 (inner fold 3, ``--model_path``, by default the shipped weights). Each block's map
+fold 4's own model is on 18-23 (inner fold 3, ``--model_path``, by default ``models/fold4/``). Each block's map
 comes from the model that did not train on it, so every section of 0-23 has a map like the ones fold 4's model
 makes of unseen sections, and no model, checkpoint or map here has seen 24-29.
 
     python bench/nested_folds.py [--inner_folds 0 1 2] [--output docs/results/nested_folds]
-        [--model_path bundle/models/model.pt]
+        [--model_path bundle/models/fold4/model.pt]
 
 Each inner fold writes ``OUTPUT/fold_4_validation_j/`` (training log; weights under ``models/``, not committed)
 and is skipped when trained before; an interrupted training resumes from its latest checkpoint. Then every block
@@ -82,7 +82,9 @@ def out_of_fold_maps(models: dict[int, Path], items: list[dict]) -> tuple[np.nda
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inner_folds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--model_path", type=Path, default=BUNDLE / "models" / "model.pt", help="fold 4's model")
+    parser.add_argument(
+        "--model_path", type=Path, default=BUNDLE / "models" / "fold4" / "model.pt", help="fold 4's model"
+    )
     parser.add_argument("--output", type=Path, default=Path("docs/results/nested_folds"))
     parser.add_argument("--dataset_dir", type=Path, default=BUNDLE / "data" / "isbi2012")
     parser.add_argument("--all_sections", action="store_true", help="train the outer model on all of 0-23")

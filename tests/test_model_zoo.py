@@ -119,6 +119,10 @@ def test_metadata_names_every_runtime_package():
     assert named - set(OWN_FIELDS) <= set(_pyproject_requirements())  # and pyproject declares each
 
 
+def test_the_package_and_the_bundle_share_one_version():
+    assert importlib.metadata.version("emseg") == METADATA["version"]
+
+
 def test_metadata_and_installed_versions_satisfy_pyproject_ranges():
     requirements = _pyproject_requirements()
     versions = {**METADATA["required_packages_version"], **{d: METADATA[f] for d, f in OWN_FIELDS.items()}}
