@@ -17,7 +17,7 @@ sections and written to ``--classifier``, and the test block 24-29, predicted by
     python bench/edge_classifier.py --oof_maps docs/results/nested_folds/oof_maps.npz
         [--classifier bundle/models/edge_classifier.json] [--output docs/results/edge_classifier.json]
 
-About 15 minutes on 2 CPU cores.
+About 11 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
