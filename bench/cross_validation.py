@@ -54,24 +54,33 @@ def bundle(command: list[str], log: Path) -> None:
         sys.exit(f"{log}: `monai.bundle run {' '.join(command)}` failed (exit {result.returncode}); see the log")
 
 
-def run_fold(fold: int, output: Path, dataset_dir: Path, network_config: str | None = None) -> dict:
-    folder = output / f"fold_{fold}"
+def train(
+    folder: Path, fold: int, dataset_dir: Path, overrides: tuple[str, ...] = (), network_config: str | None = None
+) -> Path:
+    """Train the default recipe of ``fold`` (with ``overrides``) into ``folder``, unless an earlier run finished;
+    an interrupted one resumes from its latest checkpoint. Returns the model file."""
     folder.mkdir(parents=True, exist_ok=True)
     models, train_dir = folder / "models", folder / "train"
     if not (models / "model.pt").is_file() or not (folder / "trained").is_file():
         resume = "true" if any(train_dir.glob("checkpoint_epoch=*.pt")) else "false"
         bundle(
             ["training", "--config_file", config_files("train.json", network_config=network_config),
-             "--fold", str(fold), "--dataset_dir", str(dataset_dir),
+             "--fold", str(fold), *overrides, "--dataset_dir", str(dataset_dir),
              "--ckpt_dir", str(models), "--output_dir", str(train_dir), "--resume", resume],
             folder / "train.log",
         )  # fmt: skip
         (folder / "trained").write_text("")
+    return models / "model.pt"
+
+
+def run_fold(fold: int, output: Path, dataset_dir: Path, network_config: str | None = None) -> dict:
+    folder = output / f"fold_{fold}"
+    model_path = train(folder, fold, dataset_dir, network_config=network_config)
+    models = model_path.parent
     config = json.loads((BUNDLE / "configs" / "inference.json").read_text())["cells"]
     method = config["method"]
     items = load_labelled_stack(dataset_dir / "train-volume.tif", dataset_dir / "train-labels.tif")
     sections = split_sections(items, fold, 5)
-    model_path = models / "model.pt"
     validation, test = sections["validation"], sections["test"]
     maps = {name: predict(sections[name], model_path, network_config=network_config) for name in ("validation", "test")}
     cells = compare_methods([method], validation, maps["validation"], test, maps["test"])

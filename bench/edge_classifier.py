@@ -23,7 +23,6 @@ About 11 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import machine  # noqa: E402
-from cell_methods import BUNDLE, SCORES, leave_one_out, ms_per_section, out_of_fold, predict  # noqa: E402
+from cell_methods import (  # noqa: E402
+    BUNDLE,
+    SCORES,
+    combinations,
+    leave_one_out,
+    ms_per_section,
+    out_of_fold,
+    predict,
+)
 
 from scripts.cells import _superpixels, label_cells  # noqa: E402
 from scripts.datalists import load_labelled_stack, split_sections  # noqa: E402
@@ -43,10 +50,6 @@ from scripts.metrics import cell_scores  # noqa: E402
 # around the superpixels the mean-cost multicut chose on the same maps (bench/cell_methods.py --oof_maps: 0.6, 2)
 SUPERPIXELS = {"membrane_threshold": [0.5, 0.6], "sigma_seeds": [2.0, 3.0]}
 PARTITION = {"method": ["multicut", "gasp"], "boundary_bias": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], "min_size": [64, 128]}
-
-
-def grid(values: dict[str, list]) -> list[dict]:
-    return [dict(zip(values, combination, strict=True)) for combination in itertools.product(*values.values())]
 
 
 def learning_data(maps: list[np.ndarray], items: list[dict], setting: dict) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -89,16 +92,16 @@ def main() -> None:
     items = load_labelled_stack(args.dataset_dir / "train-volume.tif", args.dataset_dir / "train-labels.tif")
     validation, maps, blocks = out_of_fold(args.oof_maps, items, 5)
 
-    rows, aucs = [], {}
-    for setting in grid(SUPERPIXELS):
+    rows, aucs, learned_from = [], {}, {}
+    for setting in combinations(SUPERPIXELS):
         started = time.perf_counter()
-        data = learning_data(maps, validation, setting)
+        data = learned_from[str(setting)] = learning_data(maps, validation, setting)
         classifiers = {
             block: learn([d for d, b in zip(data, blocks, strict=True) if b != block], {"blocks_left_out": [block]})
             for block in sorted(set(blocks))
         }
         aucs[str(setting)] = edge_auc(classifiers, data, blocks)
-        for partition in grid(PARTITION):
+        for partition in combinations(PARTITION):
             options = {**setting, **partition}
             scores = [
                 cell_scores(label_cells(p, edge_classifier=classifiers[block], **options), item["label"])
@@ -113,7 +116,7 @@ def main() -> None:
     chosen = rows[best]["options"]
     setting = {key: chosen[key] for key in SUPERPIXELS}
     classifier = learn(
-        learning_data(maps, validation, setting),
+        learned_from[str(setting)],
         {"learned_on": "out-of-fold maps of sections 0-23 (bench/nested_folds.py)", "superpixels": setting},
     )
     classifier.save(args.classifier)

@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cell_methods import BUNDLE, predict  # noqa: E402
-from cross_validation import bundle, config_files  # noqa: E402
+from cross_validation import train  # noqa: E402
 
 from scripts.datalists import load_labelled_stack, split_sections  # noqa: E402
 from scripts.writers import atomic_write  # noqa: E402
@@ -41,32 +41,16 @@ from scripts.writers import atomic_write  # noqa: E402
 FOLD, NUM_FOLDS = 4, 5
 
 
-def train(folder: Path, dataset_dir: Path, overrides: list[str]) -> Path:
-    """Train the default recipe of fold 4 with ``overrides`` into ``folder``, unless done; returns the model file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    models, train_dir = folder / "models", folder / "train"
-    if not (models / "model.pt").is_file() or not (folder / "trained").is_file():
-        resume = "true" if any(train_dir.glob("checkpoint_epoch=*.pt")) else "false"
-        bundle(
-            ["training", "--config_file", config_files("train.json"), "--fold", str(FOLD), *overrides,
-             "--dataset_dir", str(dataset_dir), "--ckpt_dir", str(models), "--output_dir", str(train_dir),
-             "--resume", resume],
-            folder / "train.log",
-        )  # fmt: skip
-        (folder / "trained").write_text("")
-    return models / "model.pt"
-
-
 def train_inner_fold(validation_fold: int, output: Path, dataset_dir: Path) -> Path:
     """The recipe on 0-23 outside block ``validation_fold``, its checkpoint chosen on that block."""
     folder = output / f"fold_{FOLD}_validation_{validation_fold}"
-    return train(folder, dataset_dir, ["--validation_fold", str(validation_fold)])
+    return train(folder, FOLD, dataset_dir, ("--validation_fold", str(validation_fold)))
 
 
 def train_all_sections(output: Path, dataset_dir: Path) -> Path:
     """The recipe on all of 0-23 (fold 4's training and validation sections), nothing validated."""
-    everything = ["--train#datalist", "$@sections['train'] + @sections['validation']", "--validate#datalist", "$[]"]
-    return train(output / f"fold_{FOLD}_all_sections", dataset_dir, everything)
+    everything = ("--train#datalist", "$@sections['train'] + @sections['validation']", "--validate#datalist", "$[]")
+    return train(output / f"fold_{FOLD}_all_sections", FOLD, dataset_dir, everything)
 
 
 def out_of_fold_maps(models: dict[int, Path], items: list[dict]) -> tuple[np.ndarray, list[int]]:
