@@ -30,6 +30,8 @@ NETWORKS = {
     "SegNet (narrow)": (["configs/segnet.json"], {}),
     "U-SegNet (narrow)": (["configs/usegnet.json"], {}),
     "SegNet (full width)": (["configs/segnet.json"], {"network_def#channels": [64, 128, 256, 512, 512]}),
+    "Tiramisu (FC-DenseNet56)": (["configs/tiramisu.json"], {}),
+    "Tiramisu (FC-DenseNet103)": (["configs/tiramisu.json"], {"network_def#depth": 103}),
 }
 
 

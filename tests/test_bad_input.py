@@ -139,6 +139,13 @@ def test_bad_weights(tmp_path, weights, problem):
     assert last.startswith("scripts.errors.InputError: ") and f"{path}: {problem}" in last
 
 
+def test_pretrained_weights_of_another_network_stop_training_before_it_starts(tmp_path):
+    path = BUNDLE / "models" / "segnet" / "model.pt"
+    arguments = [*TRAIN, "--pretrained_path", str(path), "--ckpt_dir", str(tmp_path / "out" / "models")]
+    last = run_failing(arguments, tmp_path)
+    assert last.startswith(f"scripts.errors.InputError: {path}: weights do not fit the configured network_def")
+
+
 @pytest.mark.parametrize(
     ("arguments", "flag"),
     [

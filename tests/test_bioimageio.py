@@ -14,7 +14,7 @@ from conftest import BUNDLE, DATA, bundle_config
 
 from scripts.bioimageio import WEIGHT_FORMATS, architecture_of, size_constraint
 from scripts.errors import InputError, input_error_in_chain
-from scripts.networks import SegNet
+from scripts.networks import SegNet, Tiramisu
 
 
 def export(output_dir, files=("configs/bioimageio.json",), **overrides):
@@ -81,6 +81,14 @@ def test_segnet_is_described_from_the_bundles_source():
     assert size_constraint(network, halo=32) == (128, 32)
 
 
+def test_tiramisu_is_described_from_the_bundles_source():
+    network = Tiramisu(layers_per_block=(2, 1, 3, 1, 2), growth_rate=4, norm="instance")
+    kind, source, kwargs = architecture_of(network)
+    assert kind == "file" and source.endswith("scripts/networks.py")
+    assert kwargs["layers_per_block"] == [2, 1, 3, 1, 2] and kwargs["norm"] == "instance"
+    assert size_constraint(network, halo=32) == (128, 4)
+
+
 def test_the_segnet_package_runs_from_source(tmp_path):
     path = export(tmp_path, ("configs/bioimageio.json", "configs/segnet.json"), **{"bioimageio_export#check": False})
     assert path.name == "emseg_segnet.bioimageio.zip"
@@ -115,5 +123,5 @@ def test_an_existing_package_is_kept_unless_overwrite(package):
 
 
 def test_an_unknown_network_is_refused():
-    with pytest.raises(InputError, match="describes MONAI's UNet and the bundle's SegNet and U-SegNet only"):
+    with pytest.raises(InputError, match="describes MONAI's UNet and the bundle's SegNet, U-SegNet and Tiramisu only"):
         architecture_of(torch.nn.Conv2d(1, 1, 3))

@@ -25,7 +25,12 @@ from packaging.requirements import Requirement
 
 # the file metadata.json's "schema" URL names, copied here so the check runs offline
 SCHEMA = Path(__file__).parent / "data" / "meta_schema_20240725.json"
-NETWORKS = {"U-Net": [], "SegNet": ["configs/segnet.json"], "U-SegNet": ["configs/usegnet.json"]}
+NETWORKS = {
+    "U-Net": [],
+    "SegNet": ["configs/segnet.json"],
+    "U-SegNet": ["configs/usegnet.json"],
+    "Tiramisu": ["configs/tiramisu.json"],
+}
 SHIPPED_WEIGHTS = {"U-Net": "models/model.pt", "SegNet": "models/segnet/model.pt"}
 METADATA = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
 
@@ -278,6 +283,9 @@ def test_shipped_weights_reproduce_their_published_scores(standalone, network):
 @pytest.mark.parametrize("network", list(NETWORKS))
 @pytest.mark.parametrize("n", [1, 3])
 def test_network_input_and_output_match_the_metadata(standalone, network, n):
+    """The metadata's ``32*n`` inputs, which verify_net_in_out feeds a network in training mode; Tiramisu trains
+    on ``64*n`` (its bottleneck, five halvings down, normalises over at least 2 x 2 pixels)."""
+    n = 2 * n if network == "Tiramisu" else n
     config = str(["configs/inference.json", *NETWORKS[network]])
     log = bundle_command(
         standalone, "verify_net_in_out", "network_def", "--config_file", config, "--n", str(n), "--device", "cpu"

@@ -9,7 +9,7 @@
   context ``k`` (channels ``raw_minus_k`` ... ``raw`` ... ``raw_plus_k``); output ``membrane_probability`` of
   the same size, a sigmoid of the network's logit, with a halo that a tiling consumer crops;
 * weights as TorchScript, ONNX and a ``pytorch_state_dict`` whose architecture is MONAI's ``UNet`` (from the
-  library) or the bundle's ``scripts/networks.py`` (from source, for SegNet and U-SegNet);
+  library) or the bundle's ``scripts/networks.py`` (from source, for SegNet, U-SegNet and Tiramisu);
 * test tensors from a real ISBI section: the output is what the bundle's own inference predicts for it;
 * covers, the model card as documentation, citations, license, tags and authors from ``metadata.json``.
 
@@ -71,6 +71,11 @@ CITATIONS = {
         "Tissue Segmentation Tool. ICIP 2018.",
         "10.1109/ICIP.2018.8451295",
     ),
+    "Tiramisu": (
+        "Jegou S, Drozdzal M, Vazquez D, Romero A, Bengio Y. The One Hundred Layers Tiramisu: Fully Convolutional "
+        "DenseNets for Semantic Segmentation. CVPR Workshops 2017.",
+        "10.1109/CVPRW.2017.156",
+    ),
     "MONAI": (
         "Cardoso MJ, Li W, Brown R, et al. MONAI: An open-source framework for deep learning in healthcare. "
         "arXiv:2211.02701, 2022.",
@@ -94,8 +99,8 @@ def architecture_of(network: torch.nn.Module) -> tuple[str, str, dict]:
     """How to rebuild ``network``: (``"library"`` or ``"file"``, the import path or file, constructor kwargs).
 
     MONAI's ``UNet`` comes from the library (its arguments are read from the attributes it keeps); the bundle's
-    SegNet and U-SegNet from the source file ``scripts/networks.py`` (they keep their arguments). The description is
-    checked: the rebuilt network, with these weights, gives exactly the same output.
+    SegNet, U-SegNet and Tiramisu from the source file ``scripts/networks.py`` (they keep their arguments). The
+    description is checked: the rebuilt network, with these weights, gives exactly the same output.
 
     Raises:
         InputError: for a network that cannot be described this way.
@@ -109,12 +114,12 @@ def architecture_of(network: torch.nn.Module) -> tuple[str, str, dict]:
         names += ("num_res_units", "act", "norm", "dropout", "bias", "adn_ordering")
         kwargs = {"spatial_dims": network.dimensions, **{name: getattr(network, name) for name in names}}
         kind, source, callable_name = "library", "monai.networks.nets", "UNet"
-    elif type(network) in (networks.SegNet, networks.USegNet):
+    elif type(network) in (networks.SegNet, networks.USegNet, networks.Tiramisu):
         kwargs, kind, source, callable_name = network.arguments, "file", networks.__file__, type(network).__name__
     else:
         raise InputError(
             f"network_def {type(network).__name__}: the bioimage.io export describes MONAI's UNet and the bundle's "
-            "SegNet and U-SegNet only"
+            "SegNet, U-SegNet and Tiramisu only"
         )
     kwargs = _plain(kwargs)
     rebuilt = (UNet if kind == "library" else getattr(networks, callable_name))(**kwargs)
@@ -129,9 +134,9 @@ def architecture_of(network: torch.nn.Module) -> tuple[str, str, dict]:
 def size_constraint(network: torch.nn.Module, halo: int) -> tuple[int, int]:
     """(min, step) of the input sizes the network takes per spatial axis: multiples of its total downsampling.
 
-    UNet: the product of its strides; SegNet, U-SegNet: ``2 ** stages``. The minimum is 4 steps and at least
-    ``2 * halo + 64``: the deepest level keeps 4 x 4 pixels for its normalisation, and a tile keeps 64 pixels
-    once its halo is cropped.
+    UNet: the product of its strides; SegNet, U-SegNet: ``2 ** stages``; Tiramisu: ``2 ** pools``. The minimum is
+    4 steps and at least ``2 * halo + 64``: the deepest level keeps 4 x 4 pixels for its normalisation, and a tile
+    keeps 64 pixels once its halo is cropped.
     """
     step = int(math.prod(network.strides)) if hasattr(network, "strides") else int(network.min_size)
     smallest = max(4 * step, 2 * halo + 64)

@@ -30,7 +30,14 @@ from .blockwise import checked_context, context_sections
 from .errors import InputError
 from .stack_io import StackError, read_membrane_labels, read_stack
 
-__all__ = ["load_labelled_stack", "heldout_block", "validation_block", "split_sections", "with_section_context"]
+__all__ = [
+    "load_labelled_stack",
+    "load_unlabelled_stack",
+    "heldout_block",
+    "validation_block",
+    "split_sections",
+    "with_section_context",
+]
 
 
 def load_labelled_stack(
@@ -54,6 +61,19 @@ def load_labelled_stack(
             f"{images.shape}; they must match section for section"
         )
     return [{"image": images[z], "label": membranes[z], "slice": z} for z in range(images.shape[0])]
+
+
+def load_unlabelled_stack(image_path: str | Path, section_context: int = 0) -> list[dict]:
+    """One item per section of an unlabelled stack, for self-supervised training (configs/pretrain.json), whose
+    target is the section itself.
+
+    Returns:
+        list of ``{"image": (H, W) array, or (2k + 1, H, W) with ``section_context`` k, "label": (H, W) copy of the
+        section, "slice": z}``.
+    """
+    images = read_stack(image_path)
+    items = [{"image": images[z], "label": images[z].copy(), "slice": z} for z in range(images.shape[0])]
+    return with_section_context(items, section_context)
 
 
 def heldout_block(num_slices: int, fold: int, num_folds: int) -> range:
