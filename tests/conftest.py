@@ -41,3 +41,24 @@ def two_cells(width: int = 9, height: int = 4) -> np.ndarray:
     membrane = np.zeros((height, width), dtype=np.uint8)
     membrane[:, width // 2] = 1
     return membrane
+
+
+def touching_blobs(sections: int = 3, size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Objects on a background, as nuclei or cultured cells are imaged: discs drawn with scikit-image, later ones
+    over earlier ones, so that many touch, on a darker noisy background.
+
+    Returns:
+        (Z, H, W) uint16 images (a 16-bit camera's range) and (Z, H, W) int32 instance ids (0 = background).
+    """
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((sections, size, size), np.int32)
+    for z in range(sections):
+        for index in range(1, 9):
+            centre = rng.integers(size // 6, size - size // 6, 2)
+            rows, columns = disk(tuple(centre), rng.integers(size // 12, size // 6), shape=(size, size))
+            ids[z, rows, columns] = index
+    brightness = np.where(ids > 0, 30000 + 2000 * (ids % 3), 8000).astype(np.float64)
+    images = np.clip(brightness + rng.normal(0, 1500, ids.shape), 0, 65535).astype(np.uint16)
+    return images, ids

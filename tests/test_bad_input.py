@@ -139,6 +139,17 @@ def test_bad_weights(tmp_path, weights, problem):
     assert last.startswith("scripts.errors.InputError: ") and f"{path}: {problem}" in last
 
 
+def test_instance_labels_read_as_membrane_labels_name_the_format_to_use(tmp_path):
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    tifffile.imwrite(stacks / "train-volume.tif", tifffile.imread(DATA / "train-volume.tif")[:6, :96, :96])
+    ids = np.arange(6 * 96 * 96, dtype=np.uint16).reshape(6, 96, 96) % 7
+    tifffile.imwrite(stacks / "train-labels.tif", ids)
+    last = run_failing([*TRAIN, "--dataset_dir", str(stacks), "--ckpt_dir", str(tmp_path / "out" / "models")], tmp_path)
+    assert last.startswith(f"scripts.stack_io.StackError: {stacks / 'train-labels.tif'}: labels must be binary")
+    assert last.endswith("instance labels (one id per object, 0 = background) take --label_format instances")
+
+
 def test_pretrained_weights_of_another_network_stop_training_before_it_starts(tmp_path):
     path = BUNDLE / "models" / "segnet" / "model.pt"
     arguments = [*TRAIN, "--pretrained_path", str(path), "--ckpt_dir", str(tmp_path / "out" / "models")]

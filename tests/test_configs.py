@@ -17,6 +17,7 @@ import tifffile
 import torch
 from conftest import BUNDLE, DATA, bundle_config
 from PIL import Image
+from skimage.measure import label as connected_components
 
 import scripts.checkpoints
 import scripts.stack_io
@@ -106,6 +107,22 @@ def test_the_progress_bar_on_request_goes_to_stderr_and_the_log_keeps_one_line_p
         assert re.search(rf"Epoch \[{epoch}/2\]: \[\d/3\]", result.stderr), result.stderr[-2000:]
     epochs = [PROGRESS_LINE.fullmatch(line) for line in _epoch_lines(result.stdout)]
     assert all(epochs) and [match.groups() for match in epochs] == [("1", "2"), ("2", "2")]
+
+
+def test_isbi_labels_given_as_instances_train_exactly_as_the_membrane_labels(trained, tiny_stack_dir, tmp_path):
+    """--label_format instances: each section's ids (here the ISBI cells, one id each, membrane 0) give the
+    membrane mask training learns, so the run is the trained fixture's, bit for bit."""
+    membrane = tifffile.imread(tiny_stack_dir / "train-labels.tif") == 0
+    ids = np.stack([connected_components(~section, connectivity=1) for section in membrane]).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "instances.tif", ids)
+    bundle_run(
+        "training", TRAIN, "--dataset_dir", str(tiny_stack_dir), "--label_format", "instances",
+        "--label_path", str(tmp_path / "instances.tif"), "--output_dir", str(tmp_path / "run"),
+        "--ckpt_dir", str(tmp_path / "models"), *TRAINED,
+    )  # fmt: skip
+    expected = torch.load(trained[1] / "model.pt", map_location="cpu", weights_only=True)
+    found = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert all(torch.equal(found[name], value) for name, value in expected.items())
 
 
 def test_training_leaves_nothing_in_the_temporary_folder(trained):

@@ -3,10 +3,13 @@
 import numpy as np
 import pytest
 import tifffile
+from conftest import touching_blobs
+from skimage.measure import label as connected_components
 
 from scripts.datalists import (
     heldout_block,
     load_labelled_stack,
+    membrane_from_instances,
     split_sections,
     validation_block,
 )
@@ -20,6 +23,61 @@ def test_labelled_stack_gives_one_item_per_slice_with_membrane_targets(tiny_stac
     assert items[0]["image"].shape == items[0]["label"].shape == (96, 96)
     raw = tifffile.imread(tiny_stack_dir / "train-labels.tif")[0]
     np.testing.assert_array_equal(items[0]["label"], (raw == 0).astype(np.uint8))
+
+
+def test_touching_objects_are_kept_apart_by_the_pixels_where_they_meet():
+    ids = np.array(
+        [
+            [0, 0, 0, 0, 0],
+            [0, 1, 1, 2, 2],
+            [0, 1, 1, 2, 2],
+            [0, 0, 3, 3, 0],
+        ]
+    )
+    np.testing.assert_array_equal(
+        membrane_from_instances(ids),
+        [
+            [1, 1, 1, 1, 1],
+            [1, 0, 1, 1, 0],
+            [1, 0, 1, 1, 0],  # 1 and 2 meet along a column, 3 touches both from below
+            [1, 1, 1, 1, 1],
+        ],
+    )
+
+
+def test_isbi_labels_turned_into_instances_give_their_membrane_back(tiny_stack_dir, tmp_path):
+    membrane = tifffile.imread(tiny_stack_dir / "train-labels.tif") == 0
+    ids = np.stack([connected_components(~section, connectivity=1) for section in membrane]).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "instances.tif", ids)
+    as_instances = load_labelled_stack(
+        tiny_stack_dir / "train-volume.tif", tmp_path / "instances.tif", None, "instances"
+    )
+    as_membrane = load_labelled_stack(tiny_stack_dir / "train-volume.tif", tiny_stack_dir / "train-labels.tif")
+    for instance_item, membrane_item in zip(as_instances, as_membrane, strict=True):
+        np.testing.assert_array_equal(instance_item["label"], membrane_item["label"])
+
+
+def test_objects_on_a_background_become_cells_separated_by_background_and_contact_lines(tmp_path):
+    images, ids = touching_blobs()
+    tifffile.imwrite(tmp_path / "images.tif", images)
+    tifffile.imwrite(tmp_path / "ids.tif", ids)
+    items = load_labelled_stack(tmp_path / "images.tif", tmp_path / "ids.tif", label_format="instances")
+    for item, section in zip(items, ids, strict=True):
+        cells = connected_components(item["label"] == 0, connectivity=1)
+        assert cells.max() >= len(np.unique(section)) - 1 - 1  # every object keeps an interior (two may be tiny)
+        for cell in range(1, cells.max() + 1):
+            assert len(np.unique(section[cells == cell])) == 1  # no cell spans two objects or the background
+        assert (item["label"][section == 0] == 1).all()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [({"label_format": "masks"}, "--label_format masks: must be one of membrane, instances"),
+     ({"label_format": "instances", "membrane_label": 1}, "--membrane_label 1: applies to --label_format membrane")],
+)  # fmt: skip
+def test_label_format_options_are_checked(tiny_stack_dir, arguments, problem):
+    with pytest.raises(InputError, match=problem):
+        load_labelled_stack(tiny_stack_dir / "train-volume.tif", tiny_stack_dir / "train-labels.tif", **arguments)
 
 
 def _numbered_sections(count: int) -> list[dict]:

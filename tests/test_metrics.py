@@ -12,6 +12,7 @@ from scripts.metrics import (
     IsbiScore,
     cell_scores,
     foreground_restricted_scores,
+    object_matching,
     slice_scores,
     split_merge_counts,
     thinned_segmentation,
@@ -133,3 +134,31 @@ def test_cell_scores_take_the_cell_map_as_it_is():
     assert (scores["cells"], scores["true_cells"], scores["splits"], scores["merges"]) == (2, 2, 0, 0)
     merged = cell_scores(np.ones_like(cells), membrane)  # one cell over both: V_rand 2/3 as in the merge test
     assert merged["v_rand"] == pytest.approx(2 / 3) and merged["merges"] == 1 and merged["cells"] == 1
+
+
+def test_object_matching_counts_pairs_overlapping_by_half_their_union():
+    truth = np.zeros((10, 10), int)
+    truth[0:4, 0:4] = 1  # found exactly
+    truth[0:4, 6:10] = 2  # found as a half-size object: IoU 0.5, still a match
+    truth[6:10, 0:4] = 3  # split in four rows, each a quarter: no match
+    truth[6:10, 6:10] = 4  # missed
+    predicted = np.zeros((10, 10), int)
+    predicted[0:4, 0:4] = 7
+    predicted[0:4, 6:8] = 8
+    predicted[6:10, 0:4] = np.arange(9, 13)[:, None]
+    predicted[5, 5] = 13  # a speck where there is nothing
+    scores = object_matching(truth, predicted)
+    assert (scores["tp"], scores["fp"], scores["fn"]) == (2, 5, 2)
+    assert scores["precision"] == pytest.approx(2 / 7) and scores["recall"] == pytest.approx(2 / 4)
+    assert scores["f1"] == pytest.approx(4 / 11) and scores["mean_matched_iou"] == pytest.approx(0.75)
+    assert object_matching(truth, predicted, iou_threshold=0.6)["tp"] == 1
+
+
+def test_object_matching_of_identical_labels_and_of_empty_ones():
+    labels = np.array([[0, 1, 1], [2, 2, 0], [3, 0, 5]])
+    assert object_matching(labels, labels * 3)["f1"] == 1.0  # ids need not agree
+    empty = object_matching(np.zeros((3, 3), int), np.zeros((3, 3), int))
+    assert (empty["tp"], empty["fp"], empty["fn"], empty["f1"]) == (0, 0, 0, 1.0)
+    assert np.isnan(empty["mean_matched_iou"])
+    with pytest.raises(ValueError, match="iou_threshold"):
+        object_matching(labels, labels, iou_threshold=0)

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import tifffile
-from conftest import DATA
+from conftest import DATA, touching_blobs
 from PIL import Image
 
 from scripts.errors import InputError
-from scripts.stack_io import StackError, read_membrane_labels, read_pixel_size, read_stack
+from scripts.stack_io import StackError, read_instance_labels, read_membrane_labels, read_pixel_size, read_stack
 
 
 def test_reads_the_shipped_stacks():
@@ -131,11 +131,36 @@ def test_stack_errors_are_input_errors():
     assert issubclass(StackError, InputError)
 
 
-def test_non_binary_labels_are_rejected(tmp_path):
+def test_non_binary_labels_are_rejected_with_the_instance_format_named(tmp_path):
     path = tmp_path / "labels.tif"
     tifffile.imwrite(path, np.arange(16, dtype=np.uint8).reshape(1, 4, 4))
-    with pytest.raises(StackError, match="labels must be binary"):
+    with pytest.raises(StackError, match="labels must be binary .* take --label_format instances"):
         read_membrane_labels(path)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32])
+def test_instance_labels_of_any_whole_number_type_are_read_as_ids(tmp_path, dtype):
+    _, ids = touching_blobs()
+    tifffile.imwrite(tmp_path / "ids.tif", ids.astype(dtype))
+    labels = read_instance_labels(tmp_path / "ids.tif")
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, ids)
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        (np.array([[0, 1.5], [2, 3]], np.float32), "must be whole numbers >= 0"),
+        (np.array([[0, -1], [2, 3]], np.int16), "must be whole numbers >= 0"),
+        (np.zeros((2, 2), np.uint16), "holds no object"),
+        (np.array([[0, 255], [255, 255]], np.uint8), "a binary mask rather than one id per object"),
+    ],
+    ids=["fractional", "negative", "empty", "binary"],
+)
+def test_instance_labels_that_cannot_be_ids_are_refused(tmp_path, values, problem):
+    tifffile.imwrite(tmp_path / "ids.tif", values[None])
+    with pytest.raises(StackError, match=problem):
+        read_instance_labels(tmp_path / "ids.tif")
 
 
 def _png(path):

@@ -28,9 +28,11 @@ import numpy as np
 
 from .blockwise import checked_context, context_sections
 from .errors import InputError
-from .stack_io import StackError, read_membrane_labels, read_stack
+from .stack_io import StackError, read_instance_labels, read_membrane_labels, read_stack
 
 __all__ = [
+    "LABEL_FORMATS",
+    "membrane_from_instances",
     "load_labelled_stack",
     "load_unlabelled_stack",
     "heldout_block",
@@ -40,21 +42,63 @@ __all__ = [
 ]
 
 
+#: how a label stack marks the cells: a binary membrane mask (ISBI 2012), or one id per object
+LABEL_FORMATS = ("membrane", "instances")
+
+
+def membrane_from_instances(ids: np.ndarray) -> np.ndarray:
+    """The membrane mask that training learns from an (H, W) section of object ids (0 = background): background,
+    and the pixels of an object that touch another object (4-neighbourhood; both sides, so touching objects are
+    kept apart by two pixels).
+
+    Objects separated by background already, as the cells of ISBI's membrane labels are, give their background
+    back unchanged; objects on a background give the background plus the lines where they touch.
+
+    Returns:
+        (H, W) uint8 mask, 1 = membrane.
+    """
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"instance ids must be one (H, W) section, got shape {ids.shape}")
+    membrane = ids == 0
+    for first, second in (
+        ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+        ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+    ):
+        touching = (ids[first] != ids[second]) & (ids[first] != 0) & (ids[second] != 0)
+        membrane[first] |= touching
+        membrane[second] |= touching
+    return membrane.astype(np.uint8)
+
+
 def load_labelled_stack(
-    image_path: str | Path, label_path: str | Path, membrane_label: int | None = None
+    image_path: str | Path,
+    label_path: str | Path,
+    membrane_label: int | None = None,
+    label_format: str = "membrane",
 ) -> list[dict]:
     """Read an image stack and its label stack, check they match, and return one item per section.
 
     Args:
         image_path, label_path: the stacks (:func:`scripts.stack_io.read_stack`).
         membrane_label: the label value that marks membrane, or None for ISBI's 0, checked for plausibility
-            (:func:`scripts.stack_io.read_membrane_labels`).
+            (:func:`scripts.stack_io.read_membrane_labels`); membrane labels only.
+        label_format: ``"membrane"``, a binary membrane mask, or ``"instances"``, one id per object and 0 for
+            background (:func:`scripts.stack_io.read_instance_labels`), whose membrane mask is
+            :func:`membrane_from_instances` of each section.
 
     Returns:
         list of ``{"image": (H, W) array, "label": (H, W) uint8 membrane mask, "slice": z}``.
     """
+    if label_format not in LABEL_FORMATS:
+        raise InputError(f"--label_format {label_format}: must be one of {', '.join(LABEL_FORMATS)}")
+    if label_format == "instances" and membrane_label is not None:
+        raise InputError(f"--membrane_label {membrane_label}: applies to --label_format membrane only")
     images = read_stack(image_path)
-    membranes = read_membrane_labels(label_path, membrane_label)
+    if label_format == "instances":
+        membranes = np.stack([membrane_from_instances(ids) for ids in read_instance_labels(label_path)])
+    else:
+        membranes = read_membrane_labels(label_path, membrane_label)
     if images.shape != membranes.shape:
         raise StackError(
             f"{label_path}: label stack has shape {membranes.shape} but image stack {image_path} has "

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric
+from scipy.optimize import linear_sum_assignment
 from skimage.measure import label as connected_components
 from skimage.segmentation import watershed
 
@@ -45,6 +46,7 @@ __all__ = [
     "slice_scores",
     "split_merge_counts",
     "cell_scores",
+    "object_matching",
     "IsbiScore",
 ]
 
@@ -204,6 +206,61 @@ def cell_scores(cells: np.ndarray, membrane_truth: np.ndarray) -> dict[str, floa
         "cells": int(len(np.unique(cells[cells > 0]))),
         "true_cells": int(truth.max()),
         **split_merge_counts(truth, cells),
+    }
+
+
+def object_matching(truth: np.ndarray, predicted: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
+    """Object-level scores of predicted objects against true ones (the StarDist and Cellpose convention).
+
+    A true and a predicted object match when their intersection over union is at least ``iou_threshold``; each
+    object matches at most one other, the pairs chosen to maximise the summed IoU (for thresholds above 0.5 every
+    object has at most one candidate anyway). Unmatched predicted objects are false positives, unmatched true ones
+    false negatives.
+
+    Args:
+        truth, predicted: (H, W) or (Z, H, W) integer labels, 0 = background (not an object).
+        iou_threshold: the IoU a match needs.
+
+    Returns:
+        ``tp``, ``fp``, ``fn``; ``precision`` tp / (tp + fp), ``recall`` tp / (tp + fn), ``f1`` 2 tp / (2 tp + fp + fn)
+        (1.0 where there is nothing to find and nothing was found); ``mean_matched_iou`` (NaN without a match).
+    """
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    truth, predicted = np.asarray(truth).ravel(), np.asarray(predicted).ravel()
+    if truth.shape != predicted.shape:
+        raise ValueError(f"truth and prediction differ in size: {truth.size} and {predicted.size} pixels")
+    true_ids, true_index = np.unique(truth, return_inverse=True)
+    predicted_ids, predicted_index = np.unique(predicted, return_inverse=True)
+    true_sizes, predicted_sizes = np.bincount(true_index), np.bincount(predicted_index)
+    both = (truth > 0) & (predicted > 0)
+    pairs, overlap = np.unique(
+        true_index[both].astype(np.int64) * len(predicted_ids) + predicted_index[both], return_counts=True
+    )
+    rows, columns = pairs // len(predicted_ids), pairs % len(predicted_ids)
+    iou = overlap / (true_sizes[rows] + predicted_sizes[columns] - overlap)
+    candidate = iou >= iou_threshold
+    rows, columns, iou = rows[candidate], columns[candidate], iou[candidate]
+    matched = np.zeros(0)
+    if len(iou):
+        true_rows, row = np.unique(rows, return_inverse=True)
+        predicted_columns, column = np.unique(columns, return_inverse=True)
+        scores = np.zeros((len(true_rows), len(predicted_columns)))
+        scores[row, column] = iou
+        chosen_rows, chosen_columns = linear_sum_assignment(scores, maximize=True)
+        matched = scores[chosen_rows, chosen_columns]
+        matched = matched[matched > 0]
+    tp = len(matched)
+    fp = int((predicted_ids > 0).sum()) - tp
+    fn = int((true_ids > 0).sum()) - tp
+    return {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "precision": tp / (tp + fp) if tp + fp else 1.0,
+        "recall": tp / (tp + fn) if tp + fn else 1.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
+        "mean_matched_iou": float(matched.mean()) if tp else float("nan"),
     }
 
 

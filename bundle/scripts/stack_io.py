@@ -37,6 +37,7 @@ __all__ = [
     "read_slice",
     "MAX_MEMBRANE_FRACTION",
     "read_membrane_labels",
+    "read_instance_labels",
     "read_membrane_index_labels",
     "read_pixel_size",
 ]
@@ -216,7 +217,10 @@ def read_membrane_labels(path: str | Path, membrane_value: int | None = None) ->
     values = np.unique(labels)
     if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
         shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
-        raise StackError(f"{path}: labels must be binary (0 = membrane, 255 or 1 = interior), found values {shown}")
+        raise StackError(
+            f"{path}: labels must be binary (0 = membrane, 255 or 1 = interior), found values {shown}; instance "
+            "labels (one id per object, 0 = background) take --label_format instances"
+        )
     if membrane_value is None:
         membrane = labels == 0
         fraction = float(membrane.mean())
@@ -234,6 +238,37 @@ def read_membrane_labels(path: str | Path, membrane_value: int | None = None) ->
     if not membrane.any():
         raise StackError(f"{path}: holds no membrane pixel; labels must mark the membranes between cells")
     return membrane.astype(np.uint8)
+
+
+def read_instance_labels(path: str | Path) -> np.ndarray:
+    """Read an instance label stack: one id per object in each section, 0 for background (or membrane).
+
+    Ids need not be consecutive, and each section is read on its own (the same id in two sections is two
+    objects as far as training is concerned).
+
+    Returns:
+        array of shape (Z, H, W), dtype int64, values >= 0.
+
+    Raises:
+        StackError: the ids are not whole non-negative numbers, no section holds an object, or the stack holds no
+            values but 0 and 1, or 0 and 255 (a binary membrane mask, which the default --label_format reads).
+    """
+    labels = read_stack(path)
+    if labels.dtype == bool or not np.array_equal(labels, np.round(labels)) or labels.min() < 0:
+        raise StackError(
+            f"{path}: instance labels must be whole numbers >= 0 (one id per object, 0 = background), found "
+            f"dtype {labels.dtype} with values from {labels.min()} to {labels.max()}"
+        )
+    labels = labels.astype(np.int64)
+    if not labels.any():
+        raise StackError(f"{path}: holds no object (every label is 0 = background)")
+    ids = np.unique(labels).tolist()
+    if set(ids) <= {0, 1} or set(ids) <= {0, 255}:
+        raise StackError(
+            f"{path}: holds the values {ids} only, a binary mask rather than one id per object; binary membrane "
+            "labels (0 = membrane) take the default --label_format membrane"
+        )
+    return labels
 
 
 def read_slice(path: str | Path) -> np.ndarray:
