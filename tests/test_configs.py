@@ -525,7 +525,8 @@ def test_shipped_weights_fit_the_inference_config_of_their_network(weights, extr
 
 
 def test_multi_gpu_config_trains_with_two_processes_on_cpu(tiny_stack_dir, tmp_path):
-    """torchrun with 2 processes and the gloo backend: both ranks train, rank 0 alone logs and writes files."""
+    """torchrun with 2 processes and the gloo backend: both ranks train, rank 0 alone logs and writes files; the
+    wrapped network starts from pretrained weights, its encoder at half the learning rate."""
     logs = tmp_path / "logs"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--log-dir", str(logs),
@@ -533,6 +534,7 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(tiny_stack_dir, tmp_p
         "--config_file", "['configs/train.json','configs/multi_gpu_train.json']", *COMMON,
         "--dataset_dir", str(tiny_stack_dir), "--output_dir", str(tmp_path / "run"),
         "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "1", *TINY_TRAINING,
+        "--pretrained_path", str(BUNDLE / "models" / "model.pt"), "--encoder_lr_scale", "0.5",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=600)
     rank_logs = {int(p.parent.name): p.read_text() for p in logs.rglob("stdout.log")}

@@ -162,3 +162,13 @@ def test_object_matching_of_identical_labels_and_of_empty_ones():
     assert np.isnan(empty["mean_matched_iou"])
     with pytest.raises(ValueError, match="iou_threshold"):
         object_matching(labels, labels, iou_threshold=0)
+
+
+def test_object_matching_makes_the_most_matches_before_the_highest_summed_iou():
+    """At a low threshold one near-perfect pair can block two weak ones: the weak ones count for more."""
+    truth, predicted = np.zeros((1, 30), int), np.zeros((1, 30), int)
+    truth[0, 0:20], truth[0, 20:30] = 1, 2
+    predicted[0, 0:1], predicted[0, 1:21] = 7, 8  # 8 covers 19 of 1's 20 pixels and 1 of 2's
+    scores = object_matching(truth, predicted, iou_threshold=0.03)
+    assert scores["tp"] == 2  # 1-7 (IoU 0.05) and 2-8 (0.034), not 1-8 (0.905) alone
+    assert scores["mean_matched_iou"] == pytest.approx((1 / 20 + 1 / 29) / 2)

@@ -283,8 +283,8 @@ def test_shipped_weights_reproduce_their_published_scores(standalone, network):
 @pytest.mark.parametrize("network", list(NETWORKS))
 @pytest.mark.parametrize("n", [1, 3])
 def test_network_input_and_output_match_the_metadata(standalone, network, n):
-    """The metadata's ``32*n`` inputs, which verify_net_in_out feeds a network in training mode; Tiramisu trains
-    on ``64*n`` (its bottleneck, five halvings down, normalises over at least 2 x 2 pixels)."""
+    """The metadata's ``32*n`` inputs; Tiramisu with the config's instance norm at ``64*n``, since a 32 x 32 input
+    leaves its bottleneck (five halvings down) a single pixel to normalise."""
     n = 2 * n if network == "Tiramisu" else n
     config = str(["configs/inference.json", *NETWORKS[network]])
     log = bundle_command(

@@ -117,14 +117,21 @@ def test_tiramisu_three_dimensional_input():
 
 
 def test_tiramisu_rejects_too_small_input_and_invalid_architectures():
-    network = Tiramisu(**SMALL_TIRAMISU)
     with pytest.raises(ValueError, match=r"every spatial size >= 4 \(one halving per transition down\)"):
-        network.eval()(torch.rand(1, 1, 3, 64))
-    with pytest.raises(ValueError, match=r">= 8 \(one halving per transition down, and 2 pixels left to train\)"):
-        network.train()(torch.rand(1, 1, 4, 64))  # the bottleneck would normalise over one pixel
+        Tiramisu(**SMALL_TIRAMISU).eval()(torch.rand(1, 1, 3, 64))
     for arguments in ({"depth": 57}, {"layers_per_block": (2, 2), "growth_rate": 4}, {"layers_per_block": (2, 1, 2)}):
         with pytest.raises(ValueError):
             Tiramisu(**arguments)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_tiramisu_with_instance_norm_needs_two_pixels_at_its_bottleneck(mode):
+    """Instance norm normalises each input with its own statistics, in training and in evaluation alike."""
+    network = getattr(Tiramisu(**SMALL_TIRAMISU, norm="instance"), mode)()
+    with pytest.raises(ValueError, match=r"at its bottleneck to normalise them \(a side longer than 4\)"):
+        network(torch.rand(1, 1, 4, 4))
+    assert network(torch.rand(1, 1, 4, 5)).shape == (1, 1, 4, 5)
+    assert Tiramisu(**SMALL_TIRAMISU, norm="batch").eval()(torch.rand(1, 1, 4, 4)).shape == (1, 1, 4, 4)
 
 
 def test_dense_block_feeds_each_layer_everything_before_it_and_returns_the_new_features_apart():

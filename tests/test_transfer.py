@@ -108,11 +108,19 @@ def test_encoder_learning_rate_scale_makes_two_groups_and_one_keeps_the_default(
     network, encoder_layers = network_and_encoder([])
     assert len(torch.optim.Adam(parameter_groups(network, encoder_layers, 1e-3, 1.0), lr=1e-3).param_groups) == 1
     groups = torch.optim.Adam(parameter_groups(network, encoder_layers, 1e-3, 0.1), lr=1e-3).param_groups
-    assert [group["lr"] for group in groups] == [pytest.approx(1e-4), 1e-3]
+    assert [group["lr"] for group in groups] == [1e-3, pytest.approx(1e-4)]  # the log shows the first group's
     encoder = set(encoder_parameter_names(network, encoder_layers))
     by_id = {id(parameter): name for name, parameter in network.named_parameters()}
-    assert {by_id[id(p)] for p in groups[0]["params"]} == encoder
-    assert {by_id[id(p)] for p in groups[1]["params"]} == set(by_id.values()) - encoder
+    assert {by_id[id(p)] for p in groups[1]["params"]} == encoder
+    assert {by_id[id(p)] for p in groups[0]["params"]} == set(by_id.values()) - encoder
+
+
+@pytest.mark.parametrize("scale", [0.001, 0, -1])
+def test_an_encoder_rate_under_the_schedules_floor_is_refused(scale):
+    """The cosine schedule takes every group to 1 % of the learning rate: from below, the encoder's would rise."""
+    network, encoder_layers = network_and_encoder([])
+    with pytest.raises(InputError, match=f"--encoder_lr_scale: {scale!r} is out of range"):
+        parameter_groups(network, encoder_layers, 1e-3, scale)
 
 
 def test_the_encoder_stays_fixed_for_the_first_epochs_then_trains():
@@ -172,10 +180,11 @@ def test_pretraining_then_fine_tuning_from_its_weights_with_the_encoder_frozen(t
         ["configs/train.json", "configs/pretrain.json"], *common,
         "--ckpt_dir", str(tmp_path / "pretrained"), "--output_dir", str(tmp_path / "pretraining"),
     )  # fmt: skip
-    pretrained = torch.load(tmp_path / "pretrained" / "model.pt", map_location="cpu", weights_only=True)
+    assert [path.name for path in (tmp_path / "pretrained").iterdir()] == ["pretrained.pt"]  # never a model.pt
+    pretrained = torch.load(tmp_path / "pretrained" / "pretrained.pt", map_location="cpu", weights_only=True)
     bundle_training(
         ["configs/train.json"], *common, "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "run"),
-        "--pretrained_path", str(tmp_path / "pretrained" / "model.pt"), "--freeze_encoder_epochs", "1",
+        "--pretrained_path", str(tmp_path / "pretrained" / "pretrained.pt"), "--freeze_encoder_epochs", "1",
         "--ema_momentum", "0",
     )  # fmt: skip
     trained = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)

@@ -209,16 +209,17 @@ def cell_scores(cells: np.ndarray, membrane_truth: np.ndarray) -> dict[str, floa
     }
 
 
-def object_matching(truth: np.ndarray, predicted: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
+def object_matching(truth: np.ndarray, predicted: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float | int]:
     """Object-level scores of predicted objects against true ones (the StarDist and Cellpose convention).
 
     A true and a predicted object match when their intersection over union is at least ``iou_threshold``; each
-    object matches at most one other, the pairs chosen to maximise the summed IoU (for thresholds above 0.5 every
-    object has at most one candidate anyway). Unmatched predicted objects are false positives, unmatched true ones
-    false negatives.
+    object matches at most one other, the pairs chosen to give the most matches and, among those, the highest
+    summed IoU (from a threshold of 0.5 up, an object has at most one candidate but for ties). Unmatched predicted
+    objects are false positives, unmatched true ones false negatives.
 
     Args:
-        truth, predicted: (H, W) or (Z, H, W) integer labels, 0 = background (not an object).
+        truth, predicted: (H, W) or (Z, H, W) integer labels, 0 = background (not an object). An id is one object
+            wherever it occurs, across sections too: score sections one by one where ids are per section.
         iou_threshold: the IoU a match needs.
 
     Returns:
@@ -245,11 +246,12 @@ def object_matching(truth: np.ndarray, predicted: np.ndarray, iou_threshold: flo
     if len(iou):
         true_rows, row = np.unique(rows, return_inverse=True)
         predicted_columns, column = np.unique(columns, return_inverse=True)
+        # a match is worth more than all IoUs together, so the assignment maximises the count, then the IoU
         scores = np.zeros((len(true_rows), len(predicted_columns)))
-        scores[row, column] = iou
+        scores[row, column] = len(iou) + iou
         chosen_rows, chosen_columns = linear_sum_assignment(scores, maximize=True)
         matched = scores[chosen_rows, chosen_columns]
-        matched = matched[matched > 0]
+        matched = matched[matched > 0] - len(iou)
     tp = len(matched)
     fp = int((predicted_ids > 0).sum()) - tp
     fn = int((true_ids > 0).sum()) - tp

@@ -23,7 +23,7 @@ from monai.networks.blocks import ADN, Convolution
 from monai.networks.layers import Conv, Dropout, Pool
 from torch import nn
 
-__all__ = ["SegNet", "USegNet", "Tiramisu"]
+__all__ = ["SegNet", "USegNet", "DenseBlock", "Tiramisu"]
 
 
 def conv_stack(spatial_dims: int, channels: Sequence[int]) -> nn.Sequential:
@@ -223,9 +223,9 @@ class Tiramisu(nn.Module):
 
     ``depth`` picks one of the paper's networks: 56 (4 layers per block, growth 12, 1.4 M parameters), 67 (5,
     growth 16, 3.5 M) or 103 (4-5-7-10-12-15-12-10-7-5-4, growth 16, 9.3 M); ``layers_per_block`` and
-    ``growth_rate`` given together define another. Every spatial size of at least ``2 ** pools`` works (in training,
-    ``2 ** (pools + 1)``, so that the bottleneck's normalisation sees 2 x 2 pixels): pooling rounds odd sizes up,
-    and each transition up restores the exact size of the skip it joins.
+    ``growth_rate`` given together define another. Every spatial size of at least ``2 ** pools`` works (with
+    instance norm, one side must exceed it, so that the bottleneck has 2 pixels to normalise): pooling rounds odd
+    sizes up, and each transition up restores the exact size of the skip it joins.
 
     Args:
         spatial_dims: 2 or 3.
@@ -273,6 +273,8 @@ class Tiramisu(nn.Module):
         self.spatial_dims = spatial_dims
         self.min_size = 2**pools
         self.name = type(self).__name__
+        #: instance norm normalises each input with its own statistics, so the bottleneck needs more than one pixel
+        self.instance_norm = (norm if isinstance(norm, str) else norm[0]).lower() == "instance"
         #: the dense layers and convolutions in sequence: 56, 67 or 103 for the paper's networks
         self.depth = sum(layers_per_block) + 2 * pools + 2
         #: the constructor's arguments, to rebuild the network elsewhere (the bioimage.io package's architecture)
@@ -311,18 +313,22 @@ class Tiramisu(nn.Module):
         self.classifier = Conv[Conv.CONV, spatial_dims](channels, out_channels, kernel_size=1)
 
     def check_input_size(self, x: torch.Tensor) -> None:
+        """Raises ValueError, with the sizes it needs, for an input the network cannot take: not (N, C, *S), a side
+        under ``2 ** pools``, or (with instance norm, which normalises each input with its own statistics) a
+        bottleneck of a single pixel."""
         size = list(x.shape[2:])
-        # in training, the bottleneck's normalisation needs at least 2 pixels per side to compute statistics
-        smallest = 2 * self.min_size if self.training else self.min_size
-        why = (
-            "one halving per transition down, and 2 pixels left to train"
-            if self.training
-            else "one halving per transition down"
-        )
-        if x.dim() != self.spatial_dims + 2 or min(size) < smallest:
+        if x.dim() != self.spatial_dims + 2 or min(size) < self.min_size:
             raise ValueError(
                 f"{self.name} expects a {self.spatial_dims}D input (N, C, *spatial) with every spatial size "
-                f">= {smallest} ({why}), got shape {list(x.shape)}"
+                f">= {self.min_size} (one halving per transition down), got shape {list(x.shape)}"
+            )
+        bottleneck = 1
+        for side in size:
+            bottleneck *= (side + self.min_size - 1) // self.min_size
+        if self.instance_norm and bottleneck < 2:
+            raise ValueError(
+                f"{self.name} with instance norm needs 2 pixels or more at its bottleneck to normalise them (a side "
+                f"longer than {self.min_size}), got shape {list(x.shape)}"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,9 @@ from monai.optimizers import generate_param_groups
 
 from .checkpoints import load_weights
 from .errors import InputError
+from .flags import number
 
-__all__ = ["load_pretrained", "encoder_parameter_names", "parameter_groups", "FreezeEncoder"]
+__all__ = ["load_pretrained", "encoder_parameter_names", "SCHEDULE_FLOOR", "parameter_groups", "FreezeEncoder"]
 
 
 def load_pretrained(network: torch.nn.Module, path: str | Path | None) -> torch.nn.Module:
@@ -46,6 +47,8 @@ def encoder_parameter_names(network: torch.nn.Module, encoder_layers: str) -> li
     pattern = re.compile(encoder_layers)
     names = [name for name, _ in _unwrapped(network).named_parameters()]
     matched = [name for name in names if pattern.match(name)]
+    if not names:
+        raise InputError(f"network_def {type(network).__name__}: has no parameters to treat as an encoder")
     if not matched or len(matched) == len(names):
         raise InputError(
             f"encoder_layers {encoder_layers!r} matches {'none' if not matched else 'all'} of the {len(names)} "
@@ -54,19 +57,36 @@ def encoder_parameter_names(network: torch.nn.Module, encoder_layers: str) -> li
     return matched
 
 
+#: train.json's cosine schedule decays every parameter group to the same floor, this fraction of the learning rate
+SCHEDULE_FLOOR = 0.01
+
+
 def parameter_groups(network: torch.nn.Module, encoder_layers: str, learning_rate: float, encoder_lr_scale: float = 1):
     """The optimizer's ``params``: every parameter in one group, or, when ``encoder_lr_scale`` is not 1, the
-    encoder's parameters in a first group at ``encoder_lr_scale * learning_rate`` and the rest in a second at the
-    optimizer's own rate (MONAI's ``generate_param_groups``)."""
-    if encoder_lr_scale == 1:
+    parameters outside the encoder in a first group (at the optimizer's ``learning_rate``, the one the log shows)
+    and the encoder's in a second at ``encoder_lr_scale * learning_rate`` (MONAI's ``generate_param_groups``).
+
+    Args:
+        network: the trained network (or its multi-GPU wrapper).
+        encoder_layers: regular expression naming the encoder's parameters (:func:`encoder_parameter_names`).
+        learning_rate: the optimizer's learning rate.
+        encoder_lr_scale: the encoder's fraction of it, from :data:`SCHEDULE_FLOOR` (below it, the cosine schedule's
+            common floor would make the encoder's rate rise) up.
+
+    Returns:
+        ``network.parameters()``, or a list of two parameter-group dicts.
+    """
+    scale = number(encoder_lr_scale, "encoder_lr_scale", low=SCHEDULE_FLOOR)
+    if scale == 1:
         return network.parameters()
     names = set(encoder_parameter_names(network, encoder_layers))
-    return generate_param_groups(
+    encoder, rest = generate_param_groups(
         _unwrapped(network),
         layer_matches=[lambda named: named[0] in names],
         match_types=["filter"],
-        lr_values=[encoder_lr_scale * learning_rate],
+        lr_values=[scale * learning_rate],
     )
+    return [rest, encoder]
 
 
 def _unwrapped(network: torch.nn.Module) -> torch.nn.Module:
