@@ -273,6 +273,20 @@ def test_inference_writes_probability_and_segmentation_stacks(trained, tiny_stac
     assert "area_nm2" not in rows[0]  # the tiny stack records no pixel size
 
 
+def test_a_16_bit_stack_gives_the_cells_of_its_8_bit_original(trained, tiny_stack_dir, tmp_path):
+    """Each section is scaled with its own range, so a 16-bit camera's stack (the 8-bit one times 257) is read
+    exactly as its 8-bit original."""
+    stack = tifffile.imread(tiny_stack_dir / "test-volume.tif")
+    for name, pixels in (("eight", stack), ("sixteen", stack.astype(np.uint16) * 257)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", pixels, photometric="minisblack")
+        bundle_run(
+            "inferring", INFER, "--input_path", str(tmp_path / f"{name}.tif"), "--ckpt_dir", str(trained[1]),
+            "--output_dir", str(tmp_path / name),
+        )  # fmt: skip
+    eight, sixteen = (tifffile.imread(tmp_path / name / f"{name}_cells.tif") for name in ("eight", "sixteen"))
+    np.testing.assert_array_equal(sixteen, eight)
+
+
 def test_inference_keeps_the_pixel_size_given_on_the_command_line(trained, tiny_stack_dir, tmp_path):
     ckpt_dir = trained[1]
     bundle_run(
@@ -525,8 +539,7 @@ def test_shipped_weights_fit_the_inference_config_of_their_network(weights, extr
 
 
 def test_multi_gpu_config_trains_with_two_processes_on_cpu(tiny_stack_dir, tmp_path):
-    """torchrun with 2 processes and the gloo backend: both ranks train, rank 0 alone logs and writes files; the
-    wrapped network starts from pretrained weights, its encoder at half the learning rate."""
+    """torchrun with 2 processes and the gloo backend: both ranks train, rank 0 alone logs and writes files."""
     logs = tmp_path / "logs"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--log-dir", str(logs),
@@ -534,7 +547,6 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(tiny_stack_dir, tmp_p
         "--config_file", "['configs/train.json','configs/multi_gpu_train.json']", *COMMON,
         "--dataset_dir", str(tiny_stack_dir), "--output_dir", str(tmp_path / "run"),
         "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "1", *TINY_TRAINING,
-        "--pretrained_path", str(BUNDLE / "models" / "model.pt"), "--encoder_lr_scale", "0.5",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=600)
     rank_logs = {int(p.parent.name): p.read_text() for p in logs.rglob("stdout.log")}
