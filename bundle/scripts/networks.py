@@ -26,6 +26,16 @@ from torch import nn
 __all__ = ["SegNet", "USegNet", "DenseBlock", "Tiramisu"]
 
 
+def check_spatial_size(x: torch.Tensor, name: str, spatial_dims: int, min_size: int, why: str) -> None:
+    """Raises ValueError, naming the network ``name`` and ``why``, unless ``x`` is (N, C, *S) with ``spatial_dims``
+    spatial axes of at least ``min_size`` pixels each (TorchScript-able: the networks call it in ``forward``)."""
+    if x.dim() != spatial_dims + 2 or min(list(x.shape[2:])) < min_size:
+        raise ValueError(
+            f"{name} expects a {spatial_dims}D input (N, C, *spatial) with every spatial size >= {min_size} "
+            f"({why}), got shape {list(x.shape)}"
+        )
+
+
 def conv_stack(spatial_dims: int, channels: Sequence[int]) -> nn.Sequential:
     """3x3 convolutions, each followed by batch norm and ReLU, through ``channels[0] -> channels[1] -> ...``.
 
@@ -116,12 +126,7 @@ class SegNet(nn.Module):
         return F.max_unpool3d(x, indices, kernel_size=2, stride=2, output_size=size)
 
     def check_input_size(self, x: torch.Tensor) -> None:
-        size = list(x.shape[2:])
-        if x.dim() != self.spatial_dims + 2 or min(size) < self.min_size:
-            raise ValueError(
-                f"{self.name} expects a {self.spatial_dims}D input (N, C, *spatial) with every spatial size "
-                f">= {self.min_size} (one halving per stage), got shape {list(x.shape)}"
-            )
+        check_spatial_size(x, self.name, self.spatial_dims, self.min_size, "one halving per stage")
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[list[int]], torch.Tensor]:
         """Returns the deepest pooled features, each stage's pooling indices and pre-pooling sizes, and the top
@@ -316,12 +321,8 @@ class Tiramisu(nn.Module):
         """Raises ValueError, with the sizes it needs, for an input the network cannot take: not (N, C, *S), a side
         under ``2 ** pools``, or (with instance norm, which normalises each input with its own statistics) a
         bottleneck of a single pixel."""
+        check_spatial_size(x, self.name, self.spatial_dims, self.min_size, "one halving per transition down")
         size = list(x.shape[2:])
-        if x.dim() != self.spatial_dims + 2 or min(size) < self.min_size:
-            raise ValueError(
-                f"{self.name} expects a {self.spatial_dims}D input (N, C, *spatial) with every spatial size "
-                f">= {self.min_size} (one halving per transition down), got shape {list(x.shape)}"
-            )
         bottleneck = 1
         for side in size:
             bottleneck *= (side + self.min_size - 1) // self.min_size
