@@ -12,10 +12,11 @@ weights to ``OUTPUT/fold_k/models/`` (not committed). A fold whose ``metrics.jso
 interrupted training run resumes from its latest checkpoint, so the folds can run across sessions:
 
     python bench/cross_validation.py --folds 0 1 2 3 4 [--output docs/results/cross_validation]
-        [--network_config configs/segnet.json]
+        [--network_config configs/segnet.json] [--train_overrides --max_epochs 20 ...]
 
 ``--network_config`` adds a network overlay to training, cell choice and evaluation (the SegNet of the README's
-table: ``--folds 4 --network_config configs/segnet.json --output docs/results/segnet_fold4``).
+table: ``--folds 4 --network_config configs/segnet.json --output docs/results/segnet_fold4``);
+``--train_overrides``, last, passes the rest of the command line to training (a schedule of equal wall-clock).
 
 ``OUTPUT/summary.json`` (and the table ``OUTPUT/summary.md``) gets each fold's test scores and their mean +- sd
 over the folds done so far. About 40 minutes a fold on 2 CPU cores.
@@ -73,9 +74,11 @@ def train(
     return models / "model.pt"
 
 
-def run_fold(fold: int, output: Path, dataset_dir: Path, network_config: str | None = None) -> dict:
+def run_fold(
+    fold: int, output: Path, dataset_dir: Path, network_config: str | None = None, overrides: tuple[str, ...] = ()
+) -> dict:
     folder = output / f"fold_{fold}"
-    model_path = train(folder, fold, dataset_dir, network_config=network_config)
+    model_path = train(folder, fold, dataset_dir, overrides, network_config=network_config)
     models = model_path.parent
     config = json.loads((BUNDLE / "configs" / "inference.json").read_text())["cells"]
     method = config["method"]
@@ -148,13 +151,19 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("docs/results/cross_validation"))
     parser.add_argument("--dataset_dir", type=Path, default=BUNDLE / "data" / "isbi2012")
     parser.add_argument("--network_config", help="a network overlay of bundle/, e.g. configs/segnet.json")
+    parser.add_argument(
+        "--train_overrides",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="the rest goes to training, e.g. --max_epochs 20",
+    )
     args = parser.parse_args()
     output = args.output.resolve()
     for fold in args.folds:
         if (output / f"fold_{fold}" / "metrics.json").is_file():
             print(f"fold {fold}: done before, skipped", flush=True)
             continue
-        metrics = run_fold(fold, output, args.dataset_dir.resolve(), args.network_config)
+        metrics = run_fold(fold, output, args.dataset_dir.resolve(), args.network_config, tuple(args.train_overrides))
         print(f"fold {fold}: cells V_rand {metrics['cells']['mean']['v_rand']:.4f}", flush=True)
     result = summary(output)
     (output / "summary.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -2,9 +2,12 @@
 
 import numpy as np
 import pytest
+from conftest import touching_blobs
 
 from scripts.cells import CELL_METHODS, CellLabeller, label_cell_stack, label_cells
+from scripts.datalists import membrane_from_instances
 from scripts.errors import InputError
+from scripts.metrics import object_matching
 
 
 def grid_section(cells_per_side: int = 3, cell: int = 6) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +180,7 @@ def test_learned_long_range_repulsion_splits_cells_whose_membrane_has_a_gap():
     cells = label_cells(evidence, 0.5, "mutex_watershed", repulsion_bias=0.5, affinity_offsets=OFFSETS)
     assert cells.max() == 2 and len(np.unique(cells[:, :15])) == 1 and len(np.unique(cells[:, 26:])) == 1
     assert cells[0, 0] != cells[0, 39]
-    with pytest.raises(ValueError, match=r"\(1 \+ n, H, W\) with n affinity_offsets, got shape \(5, 40, 40\) with 3"):
+    with pytest.raises(ValueError, match=r"with n affinity_offsets, .*; got shape \(5, 40, 40\) with 3"):
         label_cells(evidence, 0.5, "mutex_watershed", affinity_offsets=OFFSETS[:3])
 
 
@@ -218,6 +221,33 @@ def test_the_cell_labeller_holds_a_method_and_its_parameters():
             CellLabeller("multicut", boundary_bias=bias)
     with pytest.raises(InputError, match="--cells#sigma_seeds"):
         CellLabeller("gasp", sigma_seeds=-1)
+
+
+@pytest.mark.parametrize("method", ["components", "gasp"])
+def test_objects_on_a_background_come_back_with_the_background_left_at_0(method):
+    _, ids = touching_blobs(sections=2)
+    for section in ids:
+        evidence = np.stack([membrane_from_instances(section), section > 0]).astype(np.float32)
+        cells = label_cells(evidence, method=method, boundary_bias=0.2, objects_on_background=True)  # as shipped
+        assert (cells[section == 0] == 0).all()
+        assert object_matching(section, cells)["f1"] == 1.0
+        tiled = label_cells(evidence[0], method=method, boundary_bias=0.2)  # without the foreground: no background
+        assert (tiled[section == 0] > 0).mean() > 0.9
+
+
+def test_objects_on_a_background_take_a_foreground_and_no_affinities():
+    section = np.zeros((2, 6, 6), np.float32)
+    with pytest.raises(ValueError, match=r"\(2, H, W\) with the foreground"):
+        label_cells(section[:1], objects_on_background=True)
+    with pytest.raises(
+        InputError,
+        match=r"--objects_on_background true: needs a network with a foreground output \(configs/objects.json\)",
+    ):
+        CellLabeller(objects_on_background=True, affinity_offsets=[[-1, 0], [0, -1]])
+    with pytest.raises(InputError, match="objects_on_background"):
+        CellLabeller(objects_on_background="maybe")
+    assert CellLabeller(objects_on_background="true").options["objects_on_background"] is True
+    assert "objects_on_background" not in CellLabeller(objects_on_background=False).options
 
 
 @pytest.mark.parametrize(

@@ -121,16 +121,18 @@ def test_load_weights_errors_name_the_file_and_never_load_partly(tmp_path, write
 
 
 @pytest.mark.parametrize(
-    ("trained", "hint"),
+    ("trained", "configured", "hint"),
     [
-        (torch.nn.Conv2d(3, 2, 3), "; the weights take 3 sections: --section_context 1; nothing was loaded"),
-        (torch.nn.Conv2d(1, 8, 3), "; the weights give 8 output channels: add configs/affinities.json; nothing"),
+        ((3, 2), (1, 2), "; the weights take 3 sections: --section_context 1; nothing was loaded"),
+        ((1, 8), (1, 2), "; the weights give 8 output channels: add configs/affinities.json; nothing"),
+        ((1, 2), (1, 1), "; the weights give 2 output channels: add configs/objects.json; nothing"),
+        ((1, 1), (1, 2), "output channels: leave out configs/affinities.json and configs/objects.json"),
     ],
 )
-def test_weights_of_another_section_context_or_target_say_so(tmp_path, trained, hint):
-    torch.save(trained.state_dict(), tmp_path / "model.pt")
+def test_weights_of_another_section_context_or_target_say_so(tmp_path, trained, configured, hint):
+    torch.save(torch.nn.Conv2d(*trained, 3).state_dict(), tmp_path / "model.pt")
     with pytest.raises(InputError, match=re.escape(hint)):
-        load_weights(torch.nn.Conv2d(1, 2, 3), tmp_path / "model.pt")
+        load_weights(torch.nn.Conv2d(*configured, 3), tmp_path / "model.pt")
 
 
 def _training_objects(tmp_path, amp=False, weight_average=None):

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import BUNDLE, DATA, bundle_config
+from conftest import BUNDLE, DATA, bundle_config, touching_blobs
+from monai.transforms import Compose
 from PIL import Image
 from skimage.measure import label as connected_components
 
@@ -212,8 +213,11 @@ def cell_options(*config_files: str) -> dict:
     return {key: value for key, value in options.items() if value is not None}
 
 
-def test_evaluation_scores_the_cells_inference_writes():
-    assert cell_options("configs/train.json", "configs/evaluate.json") == cell_options("configs/inference.json")
+@pytest.mark.parametrize("overlay", [[], ["configs/objects.json"]])
+def test_evaluation_scores_the_cells_inference_writes(overlay):
+    evaluated = cell_options("configs/train.json", "configs/evaluate.json", *overlay)
+    assert evaluated == cell_options("configs/inference.json", *overlay)
+    assert evaluated["objects_on_background"] is bool(overlay)
 
 
 def test_a_learned_edge_classifier_is_one_override_away_and_recorded_by_its_path(tmp_path):
@@ -227,7 +231,23 @@ def test_a_learned_edge_classifier_is_one_override_away_and_recorded_by_its_path
     assert isinstance(labeller._label_options["edge_classifier"], EdgeClassifier)
 
 
-@pytest.mark.parametrize("overlay", [[], ["configs/affinities.json"]])
+def test_intensity_percentiles_scale_training_evaluation_and_inference_alike(tiny_stack_dir):
+    """One --intensity_percentiles reaches the training transforms, the evaluation's predictor (built from
+    inference.json) and inference, and they scale a section the same way."""
+    overrides = {"intensity_percentiles": [1, 99.5], "dataset_dir": str(tiny_stack_dir), "device": "cpu"}
+    train = bundle_config(["configs/train.json", "configs/evaluate.json"], overrides)
+    item = train.get_parsed_content("labelled_slices")[0]
+    trained = Compose(train.get_parsed_content("deterministic_transforms"))(item)["image"]
+    evaluated = train.get_parsed_content("predictor").preprocessing({"image": item["image"], "intensity_range": None})
+    inferred = bundle_config(["configs/inference.json"], overrides).get_parsed_content("predictor")
+    assert inferred.intensity_percentiles == (1.0, 99.5)
+    inferred = inferred.preprocessing({"image": item["image"], "intensity_range": None})["image"]
+    np.testing.assert_array_equal(trained, evaluated["image"])
+    np.testing.assert_array_equal(trained, inferred)
+    assert (trained == 0).float().mean() > 0.005 and (trained == 1).float().mean() > 0.003  # clipped at both ends
+
+
+@pytest.mark.parametrize("overlay", [[], ["configs/affinities.json"], ["configs/objects.json"]])
 def test_training_and_evaluation_derive_the_membrane_as_inference_does(overlay):
     """train.json's postprocessing (validation, evaluation) is inference.json's, with or without an overlay."""
     train = bundle_config(["configs/train.json", "configs/evaluate.json", *overlay]).get("postprocessing")
@@ -452,6 +472,43 @@ def test_affinities_train_evaluate_and_infer_through_the_same_configs(tiny_stack
     learned = ["--cells#method", "mutex_watershed", "--output_dir", str(tmp_path / "learned")]  # on its affinities
     bundle_run("inferring", with_affinities("inference.json"), *common, *learned)
     assert tifffile.imread(tmp_path / "learned" / "test-volume_cells.tif").shape == (3, 96, 96)
+
+
+def test_objects_on_a_background_train_evaluate_and_infer_through_the_same_configs(tiny_stack_dir, tmp_path):
+    """configs/objects.json on 16-bit touching blobs with instance labels: membrane and foreground out, the
+    membrane for every output, the cells scored as objects too."""
+    images, ids = touching_blobs(sections=10)
+    folder = tmp_path / "blobs"
+    folder.mkdir()
+    tifffile.imwrite(folder / "train-volume.tif", images)
+    tifffile.imwrite(folder / "train-labels.tif", ids.astype(np.uint16))
+    tifffile.imwrite(folder / "test-volume.tif", images[:3])
+
+    def with_objects(*files: str) -> list[str]:
+        return ["--config_file", str([*(f"configs/{name}" for name in files), "configs/objects.json"])]
+
+    common = ["--dataset_dir", str(folder), "--ckpt_dir", str(tmp_path / "models")]
+    bundle_run(
+        "training", with_objects("train.json"), *common, "--output_dir", str(tmp_path / "run"),
+        "--max_epochs", "1", *TINY_TRAINING,
+    )  # fmt: skip
+    weights = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert list(weights.values())[-1].shape[0] == 2  # the last layer's bias: membrane and foreground
+    bundle_run("evaluating", with_objects("train.json", "evaluate.json"), *common, "--output_dir", str(tmp_path / "e"))
+    cells = json.loads((tmp_path / "e" / "metrics.json").read_text())["cells"]
+    assert cells["labeller"]["objects_on_background"] is True
+    assert [sorted(row)[:3] for row in cells["per_slice"]] == [["cells", "merges", "object_f1"]] * 2
+    assert 0 <= cells["mean"]["object_f1"] <= 1
+    bundle_run("inferring", with_objects("inference.json"), *common, "--output_dir", str(tmp_path / "inference"))
+    probability = tifffile.imread(tmp_path / "inference" / "test-volume_membrane_probability.tif")
+    assert probability.shape == (3, 96, 96)
+    assert tifffile.imread(tmp_path / "inference" / "test-volume_cells.tif").shape == (3, 96, 96)
+    membrane_labels = ["--dataset_dir", str(tiny_stack_dir), "--label_format", "membrane"]
+    refused = bundle_run(
+        "training", with_objects("train.json"), *membrane_labels, *common[2:], "--output_dir", str(tmp_path / "no"),
+        check=False,
+    )  # fmt: skip
+    assert "learn their foreground from instance labels (--label_format instances)" in refused.stderr.splitlines()[-1]
 
 
 @pytest.mark.parametrize(

@@ -68,6 +68,7 @@ def test_objects_on_a_background_become_cells_separated_by_background_and_contac
         for cell in range(1, cells.max() + 1):
             assert len(np.unique(section[cells == cell])) == 1  # no cell spans two objects or the background
         assert (item["label"][section == 0] == 1).all()
+        np.testing.assert_array_equal(item["instances"], section)  # kept for the foreground and the object scores
 
 
 @pytest.mark.parametrize(

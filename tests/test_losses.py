@@ -32,6 +32,19 @@ def test_weights_select_the_pixels_the_cross_entropy_sees():
     torch.testing.assert_close(loss, DiceLoss(sigmoid=True)(logits, mask) + one_pixel)
 
 
+def test_membrane_and_foreground_channels_share_the_weights():
+    logits, mask = _logits_and_mask()
+    logits, mask = torch.cat([logits, -logits], dim=1), torch.cat([mask, 1 - mask], dim=1)
+    loss = BorderWeightedDiceCELoss()
+    expected = DiceLoss(sigmoid=True)(logits, mask) + F.binary_cross_entropy_with_logits(logits, mask)
+    torch.testing.assert_close(loss(logits, mask), expected)  # MONAI's DiceCELoss takes C > 1 as softmax classes
+    weights = torch.zeros_like(mask[:, :1])
+    weights[0, 0, 2, 2] = 1.0  # one pixel, seen in both channels
+    one_pixel = F.binary_cross_entropy_with_logits(logits[0, :, 2, 2], mask[0, :, 2, 2])
+    weighted = loss(logits, torch.cat([mask, weights], dim=1))
+    torch.testing.assert_close(weighted, DiceLoss(sigmoid=True)(logits, mask) + one_pixel)
+
+
 def test_weighted_loss_rejects_mismatched_shapes():
     logits, mask = _logits_and_mask()
     with pytest.raises(ValueError, match="target"):

@@ -79,6 +79,20 @@ def test_the_report_scores_the_cell_maps_too(tmp_path):
     assert (tmp_path / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_instance_labels_add_object_scores_pooled_over_the_sections(tmp_path):
+    truth = two_cells(width=33, height=32)
+    instances = np.where(truth == 0, 1, 0) * (1 + (np.arange(33) > 16))  # the two cells' ids
+    heldout = [_item(7, truth * 0.9, truth), _item(8, np.zeros(truth.shape), truth)]  # exact, then merged
+    for item in heldout:
+        item["instances"] = instances
+    cells = write_evaluation_report(heldout, None, tmp_path, threshold=0.5, cells=CellLabeller())["cells"]
+    assert [row["object_f1"] for row in cells["per_slice"]] == [1.0, 0.0]  # the merged cell overlaps each < 0.5
+    assert cells["mean"]["object_precision"] == pytest.approx(2 / 3)  # 2 of the 3 predicted objects match
+    assert cells["mean"]["object_recall"] == pytest.approx(2 / 4)
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert float(rows[-1]["object_f1"]) == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))
+
+
 def test_report_needs_slices_and_a_threshold_source(tmp_path):
     truth = two_cells()
     with pytest.raises(ValueError, match="no held-out"):

@@ -17,12 +17,14 @@ from scripts.transforms import (
     AffinityTargetsd,
     BorderWeight,
     BorderWeightd,
+    ForegroundTargetd,
     InstanceLabelsd,
     LoadSlice,
     LoadSliced,
     MembraneFromAffinitiesd,
     ScaleSectionIntensityd,
     SectionContextd,
+    SplitForegroundd,
     border_weight_map,
 )
 
@@ -70,7 +72,7 @@ def test_border_weightd_appends_the_weights_as_a_second_label_channel():
     assert out["label"].shape == (2, 4, 9)
     torch.testing.assert_close(out["label"][0], mask[0])
     torch.testing.assert_close(out["label"][1], torch.as_tensor(border_weight_map(two_cells())))
-    with pytest.raises(ValueError, match=r"\(1, H, W\)"):
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         BorderWeightd(keys="label")({"label": mask[0]})
     torch.testing.assert_close(BorderWeight()(mask), out["label"])  # the array transform gives the same
 
@@ -129,6 +131,24 @@ def test_scale_section_intensity_is_monais_min_max_on_a_whole_section_and_the_se
     tile = scale({"image": section[:, :10, :10], "intensity_range": (section.min(), section.max())})["image"]
     np.testing.assert_array_equal(tile, whole[:, :10, :10])
     assert not scale({"image": np.full((1, 5, 5), 7, np.uint8)})["image"].any()  # constant: 0, not a division by 0
+
+
+def test_percentile_scaling_ignores_hot_pixels_and_scales_a_tile_as_its_section():
+    rng = np.random.default_rng(0)
+    section = rng.integers(1000, 3000, (1, 60, 70)).astype(np.uint16)
+    section[0, 5, 5], section[0, 0, :30] = 65535, 0  # a hot pixel and a strip of padding (0.7 %)
+    scale = ScaleSectionIntensityd("image", percentiles=[1, 99.8])
+    low, high = scale.section_range(section[0])
+    expected_low, expected_high = np.percentile(section, [1, 99.8])
+    assert abs(low - expected_low) <= 65535 / 65536 and abs(high - expected_high) <= 65535 / 65536
+    whole = scale({"image": section})["image"]
+    assert whole.min() == 0 and whole.max() == 1 and 0.4 < whole.mean() < 0.6  # min-max would give ~0.03
+    tile = scale({"image": section[:, 20:30, 20:40], "intensity_range": (low, high)})["image"]
+    np.testing.assert_array_equal(tile, whole[:, 20:30, 20:40])
+    assert ScaleSectionIntensityd("image").section_range(section[0]) == (0.0, 65535.0)
+    for bad in ([99, 1], [0, 101], [5], "1,99"):
+        with pytest.raises(InputError, match="--intensity_percentiles .*0 <= lower < upper <= 100"):
+            ScaleSectionIntensityd("image", percentiles=bad)
 
 
 def test_scale_section_intensity_scales_each_context_section_with_its_own_range():
@@ -211,3 +231,27 @@ def test_the_membrane_from_true_affinities_is_the_membrane_mask():
         MembraneFromAffinitiesd("pred", [[-3, 0], [0, -3]])
     with pytest.raises(InputError, match=r"must be a list of nonzero \[dy, dx\] pixel offsets"):
         AffinityTargetsd("label", [[0, 0]])
+
+
+def test_the_foreground_of_objects_becomes_the_label_channel_before_the_border_weights():
+    ids = np.zeros((6, 9), np.int64)
+    ids[1:5, 1:4], ids[1:5, 4:8] = 3, 7  # two touching objects on a background
+    membrane = torch.as_tensor((ids == 0) | (ids != np.roll(ids, 1, axis=1)) & (ids > 0), dtype=torch.float32)
+    item = ForegroundTargetd("label")({"label": membrane[None], "instances": ids, "slice": 4})
+    np.testing.assert_array_equal(item["label"][1].numpy(), ids > 0)
+    weighted = BorderWeightd("label")(item)["label"]
+    assert weighted.shape == (3, 6, 9)
+    np.testing.assert_array_equal(weighted[2].numpy(), border_weight_map(membrane.numpy()))
+    with pytest.raises(InputError, match="section 4 has no object ids: .*--label_format instances"):
+        ForegroundTargetd("label")({"label": membrane[None], "slice": 4})
+    with pytest.raises(InputError, match=r"object ids of shape \(6, 8\) do not match its label of shape \(6, 9\)"):
+        ForegroundTargetd("label")({"label": membrane[None], "instances": ids[:, :8], "slice": 4})
+
+
+def test_split_foreground_keeps_the_membrane_as_the_prediction():
+    probabilities = torch.rand(2, 5, 5)
+    item = SplitForegroundd("pred")({"pred": probabilities})
+    torch.testing.assert_close(item["pred"], probabilities[:1])
+    torch.testing.assert_close(item["foreground"], probabilities[1:])
+    with pytest.raises(InputError, match="2 output channels .* it gives 1"):
+        SplitForegroundd("pred")({"pred": probabilities[:1]})

@@ -105,6 +105,20 @@ def test_tiles_have_no_seams(stack_path, in_memory, tmp_path):
     assert config.get_parsed_content("evaluator").written[-1].name == "stack_cells.csv"
 
 
+def test_the_blocks_of_a_section_give_its_intensity_percentiles_exactly(stack_path):
+    predictor = bundle_config(["configs/inference.json"], {"intensity_percentiles": [1, 99.5]}).get_parsed_content(
+        "predictor"
+    )
+    assert predictor.intensity_percentiles == (1.0, 99.5)
+    scale = predictor.preprocessing.transforms[2]
+    blocks = volumes.plan_blocks(SECTIONS.shape, 100)
+    ranges = volumes.LocalRunner(predictor).ranges(str(stack_path), blocks, predictor.intensity_percentiles)
+    assert ranges == {z: scale.section_range(section) for z, section in enumerate(SECTIONS)}
+    assert volumes.LocalRunner(predictor).ranges(str(stack_path), blocks) == {
+        z: (float(section.min()), float(section.max())) for z, section in enumerate(SECTIONS)
+    }
+
+
 def test_ome_zarr_in_and_out(stack_path, in_memory, tmp_path):
     source = tmp_path / "stack.ome.zarr"
     write_image(

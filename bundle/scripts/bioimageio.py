@@ -4,10 +4,11 @@
 ``bioimageio.spec`` and packs it into one ``.zip``:
 
 * input ``raw`` (batch, channel, y, x), sizes ``min + n * step`` that the network accepts (:func:`size_constraint`),
-  scaled to [0, 1] per image and channel as the bundle's ``ScaleIntensityd`` does (the spec's ``scale_range`` at
-  percentiles 0 and 100); one channel, or the ``2k + 1`` sections around the section for a network with section
-  context ``k`` (channels ``raw_minus_k`` ... ``raw`` ... ``raw_plus_k``); output ``membrane_probability`` of
-  the same size, a sigmoid of the network's logit, with a halo that a tiling consumer crops;
+  scaled to [0, 1] per image and channel as the bundle's ``ScaleSectionIntensityd`` does (the spec's
+  ``scale_range`` at the configured ``intensity_percentiles``, 0 and 100 by default, then ``clip`` for others);
+  one channel, or the ``2k + 1`` sections around the section for a network with section context ``k`` (channels
+  ``raw_minus_k`` ... ``raw`` ... ``raw_plus_k``); output ``membrane_probability`` of the same size, a sigmoid
+  of the network's logit, with a halo that a tiling consumer crops;
 * weights as TorchScript, ONNX and a ``pytorch_state_dict`` whose architecture is MONAI's ``UNet`` (from the
   library) or the bundle's ``scripts/networks.py`` (from source, for SegNet, U-SegNet and Tiramisu);
 * test tensors from a real ISBI section: the output is what the bundle's own inference predicts for it;
@@ -35,6 +36,7 @@ from .blockwise import context_sections
 from .errors import InputError
 from .flags import flag
 from .pipeline import SectionPredictor
+from .transforms import FULL_RANGE
 
 __all__ = ["BioimageioExport", "architecture_of", "size_constraint", "WEIGHT_FORMATS"]
 
@@ -213,6 +215,12 @@ class BioimageioExport:
             raise InputError(f"--test_section {self.test_section}: {self.test_image} has {len(stack)} sections")
         sections = stack[context_sections(self.test_section, self.predictor.section_context, len(stack))]
         probability = self.predictor(sections)
+        if probability.ndim != 2:
+            raise InputError(
+                f"the bioimage.io export describes one output channel, the membrane probability; this network's "
+                f"postprocessing keeps {len(probability) - 1} more (affinities, or the foreground of objects on a "
+                "background), which the package would not describe"
+            )
         return sections[None].astype(np.float32), probability[None, None].astype(np.float32)
 
     def channel_names(self) -> list[str]:
@@ -254,6 +262,7 @@ class BioimageioExport:
 
         metadata = json.loads(self.metadata_file.read_text())
         raw, probability = self.test_tensors()
+        percentiles = self.predictor.intensity_percentiles
         np.save(folder / "test_input.npy", raw)
         np.save(folder / "test_output.npy", probability)
         sample = raw[0, 0] if raw.shape[1] == 1 else raw[0]
@@ -291,7 +300,9 @@ class BioimageioExport:
             data=spec.IntervalOrRatioDataDescr(type="float32"),
             preprocessing=[
                 spec.EnsureDtypeDescr(kwargs=spec.EnsureDtypeKwargs(dtype="float32")),
-                spec.ScaleRangeDescr(kwargs=spec.ScaleRangeKwargs(axes=yx, min_percentile=0.0, max_percentile=100.0)),
+                spec.ScaleRangeDescr(kwargs=spec.ScaleRangeKwargs(
+                    axes=yx, min_percentile=percentiles[0], max_percentile=percentiles[1])),
+                *([spec.ClipDescr(kwargs=spec.ClipKwargs(min=0.0, max=1.0))] if percentiles != FULL_RANGE else []),
             ],
         )  # fmt: skip
         outputs = spec.OutputTensorDescr(

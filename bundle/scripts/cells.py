@@ -39,6 +39,11 @@ parameters):
   in different cells stay apart; solved by greedy additive edge contraction then Kernighan-Lin. Without
   affinities it is the ``"multicut"``.
 
+Objects on a background (``objects_on_background``, for a network of ``configs/objects.json`` that also
+predicts the foreground): the membrane channel then covers the background as well as the lines between touching
+objects, and each method runs as above on it; pixels of foreground probability below 0.5 then go back to 0,
+and each object keeps its largest piece, so the background stays background.
+
 Every method ends the same way: the interior pixels of each segment (``p < membrane_threshold``) are its
 seed, seeds smaller than ``min_size`` pixels are dropped, and a watershed floods the membrane from the kept
 seeds until they meet on 1-pixel lines (on the binary map for ``"components"``, as the scorer does; on the
@@ -61,7 +66,7 @@ from skimage.segmentation import watershed
 
 from .edge_costs import EdgeClassifier, edge_features
 from .errors import InputError
-from .flags import number
+from .flags import flag, number
 from .metrics import thinned_segmentation
 
 __all__ = ["CELL_METHODS", "CellLabeller", "label_cells", "label_cell_stack"]
@@ -224,12 +229,14 @@ def label_cells(
     boundary_bias: float = 0.5,
     affinity_offsets: Sequence[Sequence[int]] | None = None,
     edge_classifier: EdgeClassifier | None = None,
+    objects_on_background: bool = False,
 ) -> np.ndarray:
     """The cells of one section (the methods and their parameters: see the module docstring).
 
     Args:
         membrane_probability: (H, W) float membrane probability in [0, 1], or (1 + n, H, W): the membrane
-            probability, then the n affinities of a network that predicts them (``affinity_offsets``).
+            probability, then the n affinities of a network that predicts them (``affinity_offsets``), or
+            (2, H, W): the membrane, then the foreground probability (``objects_on_background``).
         membrane_threshold: cell interior where the probability is below this.
         method: one of :data:`CELL_METHODS`.
         min_size: seeds of fewer interior pixels are dropped; their area goes to the neighbouring cells.
@@ -243,18 +250,26 @@ def label_cells(
         affinity_offsets: the n ``[dy, dx]`` offsets of the affinities given after the membrane; None without.
         edge_classifier: ``"multicut"``, ``"gasp"``, ``"lifted_multicut"``: learned edge costs
             (:class:`scripts.edge_costs.EdgeClassifier`) instead of the mean boundary evidence; None for the mean.
+        objects_on_background: the second channel is the foreground probability; pixels below 0.5 are background.
 
     Returns:
-        (H, W) int32 cell ids 1..K, 0 on the 1-pixel lines between cells; all 0 when there is no interior.
+        (H, W) int32 cell ids 1..K, 0 on the 1-pixel lines between cells (and on the background); all 0 when
+        there is no interior.
     """
     probability = np.asarray(membrane_probability, dtype=np.float32)
-    affinities = None
-    if probability.ndim == 3 and affinity_offsets is not None and len(probability) == 1 + len(affinity_offsets):
+    affinities = foreground = None
+    if objects_on_background and affinity_offsets is not None:
+        raise ValueError("objects_on_background takes a membrane and foreground network, not affinities")
+    if objects_on_background and probability.shape[:1] == (2,) and probability.ndim == 3:
+        probability, foreground = probability[0], probability[1] >= 0.5
+    elif probability.ndim == 3 and affinity_offsets is not None and len(probability) == 1 + len(affinity_offsets):
         probability, affinities = probability[0], probability[1:]
     if probability.ndim != 2:
         raise ValueError(
-            f"membrane probability must be (H, W), or (1 + n, H, W) with n affinity_offsets, got shape "
-            f"{probability.shape} with {None if affinity_offsets is None else len(affinity_offsets)} offsets"
+            f"membrane probability must be (H, W), (1 + n, H, W) with n affinity_offsets, or (2, H, W) with the "
+            f"foreground of objects on a background; got shape {probability.shape} with "
+            f"{None if affinity_offsets is None else len(affinity_offsets)} offsets"
+            + (", objects on a background" if objects_on_background else "")
         )
     if not np.isfinite(probability).all():
         raise ValueError("membrane probability contains NaN or infinite values")
@@ -265,6 +280,8 @@ def label_cells(
     if edge_classifier is not None and method not in PARTITION_METHODS:
         raise ValueError(f"an edge classifier costs the edges of {PARTITION_METHODS}, not of {method!r}")
     interior = probability < membrane_threshold
+    if foreground is not None:
+        interior &= foreground
     if not interior.any():
         return np.zeros(probability.shape, dtype=np.int32)
     if method == "components":
@@ -292,6 +309,8 @@ def label_cells(
         cells = thinned_segmentation(interior, seeds)
     else:
         cells = watershed(probability, markers=seeds, connectivity=1, watershed_line=True)
+    if foreground is not None:
+        cells = np.where(foreground, cells, 0)
     return _relabel(_largest_pieces(cells))
 
 
@@ -316,9 +335,17 @@ class CellLabeller:
             bias = parameters["boundary_bias"] = number(parameters["boundary_bias"], "cells#boundary_bias")
             if not 0 < bias < 1:
                 raise InputError(f"--cells#boundary_bias: {bias!r} must lie strictly between 0 and 1")
+        objects_on_background = flag(parameters.pop("objects_on_background", False), "objects_on_background")
+        if objects_on_background:  # false (cells tile the section): not an option at all, as null offsets
+            parameters["objects_on_background"] = True
         offsets = parameters.pop("affinity_offsets", None)  # null (a membrane network): not an option at all
         if offsets is not None:
             parameters["affinity_offsets"] = offsets
+        if offsets is not None and objects_on_background:
+            raise InputError(
+                "--objects_on_background true: needs a network with a foreground output (configs/objects.json), "
+                "not affinities (--affinity_offsets)"
+            )
         if offsets is not None and (np.ndim(offsets) != 2 or np.shape(offsets)[1] != 2):
             raise InputError(f"--cells#affinity_offsets {offsets!r}: must be a list of [dy, dx] offsets, or null")
         classifier = parameters.pop("edge_classifier", None)  # null: the mean boundary evidence
@@ -333,13 +360,17 @@ class CellLabeller:
         self._label_options = dict(self.options)
         if classifier is not None:
             self._label_options["edge_classifier"] = EdgeClassifier.load(classifier)
+        probe = np.array([[0.0, 1.0, 0.0]], np.float32)  # two cells
+        if objects_on_background:
+            probe = np.stack([probe, np.ones_like(probe)])
         try:
-            label_cells(np.array([[0.0, 1.0, 0.0]], np.float32), **self._label_options)  # two cells: a valid probe
+            label_cells(probe, **self._label_options)
         except TypeError as error:  # a parameter label_cells does not take
             raise InputError(f"cells: {error}") from error
 
     def __call__(self, membrane_probability: np.ndarray) -> np.ndarray:
-        """The cells of an (H, W) membrane probability, or of (1 + n, H, W) with the network's affinities."""
+        """The cells of an (H, W) membrane probability, or of (1 + n, H, W) with the network's affinities or
+        foreground."""
         return label_cells(membrane_probability, **self._label_options)
 
     def stack(self, membrane_probability: np.ndarray) -> np.ndarray:

@@ -309,7 +309,8 @@ def _channels_hint(expected: dict, found: dict) -> str:
         hints.append(f"the weights take {sections} sections: --section_context {(sections - 1) // 2}")
     if last in found and found[last].ndim and found[last].shape[0] != expected[last].shape[0]:
         outputs = found[last].shape[0]
-        overlay = "add configs/affinities.json" if outputs > 1 else "leave out configs/affinities.json"
+        overlay = {1: "leave out configs/affinities.json and configs/objects.json", 2: "add configs/objects.json"}
+        overlay = overlay.get(outputs, "add configs/affinities.json")
         hints.append(f"the weights give {outputs} output channels: {overlay}")
     return "".join(f"; {hint}" for hint in hints)
 

@@ -24,7 +24,8 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from .blockwise import Block
 from .errors import InputError
 from .pipeline import SectionPredictor
-from .work import BlockTask, block_range, section_ranges
+from .transforms import FULL_RANGE
+from .work import BlockTask, block_histogram, block_range, section_percentiles, section_ranges
 
 __all__ = ["NetworkPlugin", "DaskRunner", "dask_client", "worker_device", "local_worker_count"]
 
@@ -200,11 +201,19 @@ class DaskRunner:
     def worker_count(self) -> int:
         return len(self.client.nthreads())
 
-    def ranges(self, input_path: str, blocks: list[Block]) -> dict[int, tuple[float, float]]:
-        """Each section's (minimum, maximum) intensity over its blocks."""
+    def ranges(
+        self, input_path: str, blocks: list[Block], percentiles: tuple[float, float] = FULL_RANGE
+    ) -> dict[int, tuple[float, float]]:
+        """Each section's intensities at ``percentiles`` over its blocks (as the local runner's)."""
         keys = [f"emseg-range-{self.token}-{block.name}" for block in blocks]
         futures = self.client.map(block_range, [input_path] * len(blocks), blocks, key=keys)
-        return section_ranges(blocks, self.client.gather(futures))
+        extremes = section_ranges(blocks, self.client.gather(futures))
+        if percentiles == FULL_RANGE:
+            return extremes
+        keys = [f"emseg-histogram-{self.token}-{block.name}" for block in blocks]
+        section_of = [extremes[block.z] for block in blocks]
+        futures = self.client.map(block_histogram, [input_path] * len(blocks), blocks, section_of, key=keys)
+        return section_percentiles(blocks, self.client.gather(futures), extremes, percentiles)
 
     def run(self, blocks: list[Block], task: BlockTask) -> Iterator[Block]:
         """Runs ``task`` on each block; yields each block once its record is written (in any order)."""

@@ -88,15 +88,18 @@ def load_labelled_stack(
             :func:`membrane_from_instances` of each section.
 
     Returns:
-        list of ``{"image": (H, W) array, "label": (H, W) uint8 membrane mask, "slice": z}``.
+        list of ``{"image": (H, W) array, "label": (H, W) uint8 membrane mask, "slice": z}``; with instance labels,
+        each item also keeps its ``"instances"``, the (H, W) object ids (for the foreground target of
+        ``configs/objects.json`` and the object-level scores).
     """
     if label_format not in LABEL_FORMATS:
         raise InputError(f"--label_format {label_format}: must be one of {', '.join(LABEL_FORMATS)}")
     if label_format == "instances" and membrane_label is not None:
         raise InputError(f"--membrane_label {membrane_label}: applies to --label_format membrane only")
     images = read_stack(image_path)
-    if label_format == "instances":
-        membranes = np.stack([membrane_from_instances(ids) for ids in read_instance_labels(label_path)])
+    instances = read_instance_labels(label_path) if label_format == "instances" else None
+    if instances is not None:
+        membranes = np.stack([membrane_from_instances(ids) for ids in instances])
     else:
         membranes = read_membrane_labels(label_path, membrane_label)
     if images.shape != membranes.shape:
@@ -104,7 +107,11 @@ def load_labelled_stack(
             f"{label_path}: label stack has shape {membranes.shape} but image stack {image_path} has "
             f"{images.shape}; they must match section for section"
         )
-    return [{"image": images[z], "label": membranes[z], "slice": z} for z in range(images.shape[0])]
+    items = [{"image": images[z], "label": membranes[z], "slice": z} for z in range(images.shape[0])]
+    if instances is not None:
+        for item, ids in zip(items, instances, strict=True):
+            item["instances"] = ids
+    return items
 
 
 def load_unlabelled_stack(image_path: str | Path, section_context: int = 0) -> list[dict]:

@@ -1,6 +1,7 @@
-"""Training losses: for the membrane target, soft Dice plus binary cross-entropy weighted per pixel by the U-Net
-paper's border weights (:class:`scripts.transforms.BorderWeightd`), so the network learns to close thin membranes
-between cells; for affinities, the same two terms over the pixels each offset's mask keeps
+"""Training losses: for the membrane target (and the foreground of objects on a background), soft Dice plus
+binary cross-entropy weighted per pixel by the U-Net paper's border weights
+(:class:`scripts.transforms.BorderWeightd`), so the network learns to close thin membranes between cells; for
+affinities, the same two terms over the pixels each offset's mask keeps
 (:class:`scripts.transforms.AffinityTargetsd`)."""
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ __all__ = ["BorderWeightedDiceCELoss", "MaskedAffinityLoss"]
 
 
 class BorderWeightedDiceCELoss(torch.nn.Module):
-    """Soft Dice of the membrane mask plus binary cross-entropy weighted per pixel.
+    """Soft Dice of the target masks plus binary cross-entropy weighted per pixel.
 
-    Without weights (a one-channel target) this equals MONAI's ``DiceCELoss(sigmoid=True)``. The weighted
-    cross-entropy is normalised by the sum of the weights, so its scale, and the learning rate that suits it,
-    stay those of the unweighted loss.
+    Without weights (a target of as many channels as the logits) this equals MONAI's ``DiceCELoss(sigmoid=True)``.
+    The weighted cross-entropy is normalised by the sum of the weights, so its scale, and the learning rate that
+    suits it, stay those of the unweighted loss.
 
     Args:
-        logits: (B, 1, H, W) membrane logits.
-        target: (B, 1, H, W) membrane mask, or (B, 2, H, W) mask and per-pixel weights (see :class:`BorderWeightd`).
+        logits: (B, C, H, W) logits: C = 1, the membrane; C = 2 for objects on a background, the membrane and the
+            foreground (:class:`scripts.transforms.ForegroundTargetd`).
+        target: (B, C, H, W) masks, or (B, C + 1, H, W) masks and per-pixel weights, which weigh every channel
+            (see :class:`scripts.transforms.BorderWeightd`).
 
     Returns:
         scalar loss.
@@ -32,13 +35,15 @@ class BorderWeightedDiceCELoss(torch.nn.Module):
         self.dice = DiceLoss(sigmoid=True)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if logits.shape[1] != 1 or target.shape[1] not in (1, 2) or logits.shape[2:] != target.shape[2:]:
+        channels = logits.shape[1]
+        if target.shape[1] not in (channels, channels + 1) or logits.shape[2:] != target.shape[2:]:
             raise ValueError(
-                f"expected logits (B, 1, H, W) and target (B, 1 or 2, H, W); got {tuple(logits.shape)} and "
+                f"expected logits (B, C, H, W) and target (B, C or C + 1, H, W); got {tuple(logits.shape)} and "
                 f"{tuple(target.shape)}"
             )
-        mask = target[:, :1]
-        weights = target[:, 1:] if target.shape[1] == 2 else torch.ones_like(mask)
+        mask = target[:, :channels]
+        weights = target[:, channels:] if target.shape[1] > channels else torch.ones_like(mask[:, :1])
+        weights = weights.expand_as(mask)
         cross_entropy = F.binary_cross_entropy_with_logits(logits, mask, weight=weights, reduction="sum")
         return self.dice(logits, mask) + cross_entropy / weights.sum()
 

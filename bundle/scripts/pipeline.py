@@ -33,9 +33,20 @@ from .cell_table import CellTable
 from .cells import CellLabeller
 from .errors import InputError
 from .inferers import DihedralAverageInferer
-from .transforms import MembraneFromAffinitiesd
+from .transforms import FULL_RANGE, MembraneFromAffinitiesd, ScaleSectionIntensityd
 
-__all__ = ["SectionPredictor", "declared_predictor", "BlockResult", "predict_block", "label_block", "process_block"]
+__all__ = [
+    "EXTRA_CHANNELS",
+    "SectionPredictor",
+    "declared_predictor",
+    "BlockResult",
+    "predict_block",
+    "label_block",
+    "process_block",
+]
+
+#: what a postprocessing may keep beside the membrane for the cells, in the order the predictor stacks them
+EXTRA_CHANNELS = ("affinities", "foreground")
 
 
 class SectionPredictor:
@@ -48,8 +59,9 @@ class SectionPredictor:
             the neighbouring sections, "intensity_range": the sections' (low, high), one or one per section, or
             None}``; it returns the (2k + 1, h, w) float32 image the network takes.
         postprocessing: the configs' ``postprocessing``, called on ``{"pred": (C, h, w) logits}`` (C = 1 for the
-            membrane target, one per offset for affinities); it returns the (1, h, w) membrane probability, and
-            may keep the (n, h, w) affinities under ``"affinities"`` for the cells.
+            membrane target, one per offset for affinities, 2 for objects on a background); it returns the
+            (1, h, w) membrane probability, and may keep for the cells the (n, h, w) affinities under
+            ``"affinities"`` or the (1, h, w) foreground probability under ``"foreground"``.
         device: where the network runs.
         amp: float16 autocast, on CUDA only.
         backend: how the network runs (:mod:`scripts.backends`): ``"eager"``, ``"compile"``, ``"bf16"``, or
@@ -97,6 +109,14 @@ class SectionPredictor:
         return self._forward
 
     @property
+    def intensity_percentiles(self) -> tuple[float, float]:
+        """The percentiles the preprocessing scales each section with (:class:`ScaleSectionIntensityd`), which a
+        tiled section's blocks are measured at."""
+        transforms = getattr(self.preprocessing, "transforms", [self.preprocessing])
+        scales = [transform for transform in transforms if isinstance(transform, ScaleSectionIntensityd)]
+        return scales[0].percentiles if scales else FULL_RANGE
+
+    @property
     def window(self):
         """The sliding window the inferer places (checked for blockwise use)."""
         return sliding_window_of(self.inferer)
@@ -120,7 +140,8 @@ class SectionPredictor:
     def __call__(self, raw: np.ndarray, intensity_range: Sequence | None = None) -> np.ndarray:
         """The (h, w) float32 membrane probability of a section's (h, w) ``raw`` pixels, or of (2k + 1, h, w) with
         its neighbours, scaled with ``intensity_range`` (the sections' minimum and maximum, for a region of them)
-        or their own; (1 + n, h, w), the membrane and then the affinities, where the postprocessing keeps them."""
+        or their own; (1 + n, h, w), the membrane and then the affinities or the foreground, where the
+        postprocessing keeps them (:data:`EXTRA_CHANNELS`)."""
         image = self.preprocessing({"image": raw, "intensity_range": intensity_range})["image"]
         image = torch.as_tensor(image, dtype=torch.float32).to(self.device)[None]
         bf16 = self.chosen == "bf16"
@@ -128,9 +149,10 @@ class SectionPredictor:
             logits = self.inferer(image, self._network())
         output = self.postprocessing({"pred": logits[0].float()})
         probability = torch.as_tensor(output["pred"]).float()[0].cpu().numpy()
-        if output.get("affinities") is None:
-            return probability
-        return np.concatenate([probability[None], torch.as_tensor(output["affinities"]).float().cpu().numpy()])
+        extra = [
+            torch.as_tensor(output[key]).float().cpu().numpy() for key in EXTRA_CHANNELS if output.get(key) is not None
+        ]
+        return np.concatenate([probability[None], *extra]) if extra else probability
 
 
 def _reads_affinities(postprocessing: Callable) -> bool:
@@ -141,17 +163,19 @@ def _reads_affinities(postprocessing: Callable) -> bool:
 def declared_predictor(
     config_file: str | Path, network: torch.nn.Module, inferer: Callable, postprocessing: Callable,
     device: torch.device | str = "cpu", amp: bool = False, backend: str = "eager", section_context: int = 0,
+    intensity_percentiles: Sequence[float] = FULL_RANGE,
 ) -> SectionPredictor:  # fmt: skip
     """A predictor around ``network``, ``inferer`` and ``postprocessing`` (the evaluation config's, which train.json
     declares as inference.json does and overlays such as affinities.json change in both) with the preprocessing
-    that ``config_file`` (inference.json) declares for ``section_context``: evaluation scores what inference
-    computes, with the backend given here (eager fp32 by default, where ``auto`` may choose bf16 or
-    ``torch.compile`` for inference)."""
+    that ``config_file`` (inference.json) declares for ``section_context`` and ``intensity_percentiles``:
+    evaluation scores what inference computes, with the backend given here (eager fp32 by default, where ``auto``
+    may choose bf16 or ``torch.compile`` for inference)."""
     from monai.bundle import ConfigParser
 
     config = ConfigParser()
     config.read_config(str(config_file))
     config["section_context"] = section_context
+    config["intensity_percentiles"] = list(intensity_percentiles)
     preprocessing = config.get_parsed_content("preprocessing")
     return SectionPredictor(network, inferer, preprocessing, postprocessing, device, amp, backend, section_context)
 

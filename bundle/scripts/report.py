@@ -6,7 +6,9 @@ here, the membrane threshold that maximises mean V_rand on the fold's *validatio
 membrane thresholds (membrane where ``p >= m``), as everywhere in the bundle.
 
 With a :class:`scripts.cells.CellLabeller`, the report also scores the cell maps the inference writes
-(:func:`scripts.metrics.cell_scores`: V_rand and V_info of the cells, their number, splits and merges).
+(:func:`scripts.metrics.cell_scores`: V_rand and V_info of the cells, their number, splits and merges) and, for
+instance labels, the objects (:func:`scripts.metrics.object_matching` at IoU 0.5: precision, recall and F1, per
+section and pooled over the sections' matches).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from skimage.measure import label as connected_components
 
 from .cells import CellLabeller
 from .flags import number
-from .metrics import CHALLENGE_THRESHOLDS, cell_scores, slice_scores
+from .metrics import CHALLENGE_THRESHOLDS, cell_scores, object_matching, slice_scores
 from .pipeline import SectionPredictor
 from .writers import atomic_write
 
@@ -36,6 +38,9 @@ __all__ = [
 ]
 
 CELL_SCORES = ("v_rand", "v_info", "v_rand_split", "v_rand_merge", "cells", "true_cells", "splits", "merges")
+#: the object-level scores of instance labels, at :data:`OBJECT_IOU`
+OBJECT_SCORES = ("object_precision", "object_recall", "object_f1")
+OBJECT_IOU = 0.5
 
 
 def score_curves(items: Sequence[dict], thresholds: Sequence[float]) -> dict[str, np.ndarray]:
@@ -103,20 +108,38 @@ def evaluation_summary(
 
 def _evidence(prediction: np.ndarray) -> dict:
     """The predictor's output as an item's ``pred`` (membrane probability) and, where the network predicts
-    affinities too, ``evidence`` (membrane and affinities, what the cells are made of)."""
+    affinities or the foreground too, ``evidence`` (all its channels, what the cells are made of)."""
     if prediction.ndim == 2:
         return {"pred": prediction}
     return {"pred": prediction[0], "evidence": prediction}
 
 
+def _object_scores(matches: dict) -> dict[str, float]:
+    return {f"object_{key}": float(matches[key]) for key in ("precision", "recall", "f1")}
+
+
 def cell_summary(heldout: Sequence[dict], cells: CellLabeller) -> tuple[dict, list[np.ndarray]]:
-    """Scores of the held-out items' cell maps, per slice and mean, and the cell maps themselves."""
+    """Scores of the held-out items' cell maps, per slice and mean, and the cell maps themselves; with the items'
+    ``instances`` (object ids), the object-level scores too, whose "mean" pools the sections' matches."""
     maps = [cells(item.get("evidence", item["pred"])) for item in heldout]
     per_slice = [
         {"slice": int(item["slice"]), **cell_scores(cell_map, item["label"])}
         for item, cell_map in zip(heldout, maps, strict=True)
     ]
     mean = {key: float(np.nanmean([row[key] for row in per_slice])) for key in CELL_SCORES}
+    if all("instances" in item for item in heldout):
+        counts = {"tp": 0, "fp": 0, "fn": 0}
+        for row, item, cell_map in zip(per_slice, heldout, maps, strict=True):
+            matches = object_matching(item["instances"], cell_map, OBJECT_IOU)
+            row.update(_object_scores(matches))
+            counts = {key: value + matches[key] for key, value in counts.items()}
+        tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+        pooled = {
+            "precision": tp / max(tp + fp, 1),
+            "recall": tp / max(tp + fn, 1),
+            "f1": 2 * tp / max(2 * tp + fp + fn, 1),
+        }
+        mean.update(_object_scores(pooled))
     return {"labeller": cells.options, "mean": mean, "per_slice": per_slice}, maps
 
 
@@ -126,9 +149,10 @@ def _csv_bytes(summary: dict) -> bytes:
     rows = [dict(row) for row in summary["per_slice"]] + [{"slice": "mean", **summary["mean_at_fixed_threshold"]}]
     if "cells" in summary:
         cell_rows = [*summary["cells"]["per_slice"], summary["cells"]["mean"]]
-        columns += [f"cell_{key}" for key in CELL_SCORES]
+        scores = CELL_SCORES + (OBJECT_SCORES if OBJECT_SCORES[0] in summary["cells"]["mean"] else ())
+        columns += [key if key in OBJECT_SCORES else f"cell_{key}" for key in scores]
         for row, cell_row in zip(rows, cell_rows, strict=True):
-            row.update({f"cell_{key}": cell_row[key] for key in CELL_SCORES})
+            row.update({key if key in OBJECT_SCORES else f"cell_{key}": cell_row[key] for key in scores})
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
@@ -266,15 +290,19 @@ class EvaluationReport:
 
     def predicted(self, item: dict) -> dict:
         """A datalist item (``image`` raw section, with its neighbours for section context, ``label`` membrane mask,
-        ``slice``) with its membrane probability ``pred`` and its scaled ``image`` (the section, for the figure)."""
+        ``slice``, and ``instances`` for instance labels) with its membrane probability ``pred`` and its scaled
+        ``image`` (the section, for the figure)."""
         raw = np.asarray(item["image"])
         scaled = self.predictor.preprocessing({"image": raw, "intensity_range": None})["image"]
-        return {
+        predicted = {
             "slice": int(item["slice"]),
             "image": np.asarray(scaled)[self.predictor.section_context],
             "label": np.asarray(item["label"]),
             **_evidence(self.predictor(raw)),
         }
+        if "instances" in item:
+            predicted["instances"] = np.asarray(item["instances"])
+        return predicted
 
     def run(self, heldout: Sequence[dict], validation: Sequence[dict] | None = None) -> dict:
         """Predicts the ``heldout`` sections (and the ``validation`` ones, where the threshold is chosen when none

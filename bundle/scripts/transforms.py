@@ -40,10 +40,16 @@ __all__ = [
     "LoadSlice",
     "LoadSliced",
     "SectionContextd",
+    "FULL_RANGE",
+    "checked_percentiles",
+    "intensity_histogram",
+    "percentile_range",
     "ScaleSectionIntensityd",
     "border_weight_map",
     "BorderWeight",
     "BorderWeightd",
+    "ForegroundTargetd",
+    "SplitForegroundd",
     "InstanceLabelsd",
     "AffinityTargetsd",
     "MembraneFromAffinitiesd",
@@ -148,23 +154,82 @@ class SectionContextd(MapTransform):
         return item
 
 
-class ScaleSectionIntensityd(MapTransform):
-    """Scales each channel of a (C, H, W) image to [0, 1] with its section's minimum and maximum, as float32.
+#: the percentiles of min-max scaling, the default
+FULL_RANGE = (0.0, 100.0)
+#: the bins of the histogram that other percentiles are read from, the same for a whole section and its tiles
+HISTOGRAM_BINS = 65536
 
-    A whole section is scaled with its own range, as ``ScaleIntensityd(minv=0, maxv=1, channel_wise=True)`` does.
-    A tile of a section (blockwise inference of large sections) carries its section's range under ``range_key``, so
-    each tile is scaled as the whole section would be: one ``(minimum, maximum)`` for all channels, or one per
-    channel (the sections of :class:`SectionContextd`). A constant section becomes 0.
+
+def checked_percentiles(percentiles) -> tuple[float, float]:
+    """``(lower, upper)`` intensity percentiles, checked: ``0 <= lower < upper <= 100``."""
+    try:
+        lower, upper = (float(value) for value in percentiles)
+    except (TypeError, ValueError):
+        lower = upper = float("nan")
+    if not 0 <= lower < upper <= 100:
+        raise InputError(
+            f"--intensity_percentiles {percentiles!r}: must be [lower, upper] with 0 <= lower < upper <= 100"
+        )
+    return lower, upper
+
+
+def intensity_histogram(values, section_range: tuple[float, float]) -> np.ndarray:
+    """(:data:`HISTOGRAM_BINS`,) counts of ``values`` in equal bins over their section's (minimum, maximum); summed
+    over a section's tiles, they are the whole section's."""
+    low, high = (float(value) for value in section_range)
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if high <= low:
+        return np.bincount(np.zeros(values.size, np.int64), minlength=HISTOGRAM_BINS)
+    return np.histogram(values, bins=HISTOGRAM_BINS, range=(low, high))[0]
+
+
+def percentile_range(
+    histogram: np.ndarray, section_range: tuple[float, float], percentiles: tuple[float, float]
+) -> tuple[float, float]:
+    """The section's intensities at ``percentiles`` from its :func:`intensity_histogram`: the lower edge of the bin
+    that holds each percentile's pixel, within 1/65536 of the section's range of ``numpy.percentile``'s; exact
+    for 0 and 100."""
+    low, high = (float(value) for value in section_range)
+    cumulative = np.cumsum(histogram)
+    width = (high - low) / len(histogram)
+    values = []
+    for percentile in percentiles:
+        if percentile <= 0 or percentile >= 100:
+            values.append(low if percentile <= 0 else high)
+            continue
+        rank = percentile / 100 * (cumulative[-1] - 1)
+        values.append(low + int(np.searchsorted(cumulative, rank, side="right")) * width)
+    return values[0], values[1]
+
+
+class ScaleSectionIntensityd(MapTransform):
+    """Scales each channel of a (C, H, W) image to [0, 1] with its section's intensities at two percentiles, as
+    float32.
+
+    With the default percentiles 0 and 100 that is the section's minimum and maximum, as
+    ``ScaleIntensityd(minv=0, maxv=1, channel_wise=True)`` does; others (e.g. 1 and 99.8) keep hot pixels,
+    saturated pixels and padding from setting the scale, and clip what lies outside to [0, 1]. A tile of a section
+    (blockwise inference of large sections) carries its section's intensities at the percentiles under
+    ``range_key``, so each tile is scaled as the whole section would be: one ``(low, high)`` for all channels, or
+    one per channel (the sections of :class:`SectionContextd`). A constant section becomes 0.
 
     Args:
         keys: keys of the images to scale.
         range_key: the item's key holding the sections' ranges, when the image is part of them.
+        percentiles: ``(lower, upper)``, the intensity percentiles that become 0 and 1 (:func:`percentile_range`).
         allow_missing_keys: do not raise for keys missing from an item.
     """
 
-    def __init__(self, keys: KeysCollection, range_key: str = "intensity_range", allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        range_key: str = "intensity_range",
+        percentiles=FULL_RANGE,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.range_key = range_key
+        self.percentiles = checked_percentiles(percentiles)
 
     def __call__(self, data: dict) -> dict:
         item = dict(data)
@@ -178,11 +243,18 @@ class ScaleSectionIntensityd(MapTransform):
             item[key] = torch.stack(scaled)
         return item
 
-    @staticmethod
-    def _scale(channel: torch.Tensor, section_range) -> torch.Tensor:
-        low, high = section_range if section_range is not None else (channel.min(), channel.max())
+    def section_range(self, section) -> tuple[float, float]:
+        """A whole (H, W) section's intensities at the percentiles."""
+        extremes = float(section.min()), float(section.max())
+        if self.percentiles == FULL_RANGE:
+            return extremes
+        return percentile_range(intensity_histogram(section, extremes), extremes, self.percentiles)
+
+    def _scale(self, channel: torch.Tensor, section_range) -> torch.Tensor:
+        low, high = section_range if section_range is not None else self.section_range(channel)
         low, high = float(low), float(high)
-        return ScaleIntensityRange(low, high, 0.0, 1.0)(channel) if high > low else channel - low
+        scaled = ScaleIntensityRange(low, high, 0.0, 1.0)(channel) if high > low else channel - low
+        return scaled if self.percentiles == FULL_RANGE else scaled.clamp(0.0, 1.0)
 
 
 def _source(value: object) -> str:
@@ -220,7 +292,8 @@ def border_weight_map(membrane: np.ndarray, border_weight: float = 10.0, sigma: 
 
 
 class BorderWeight(Transform):
-    """Append :func:`border_weight_map` of a (1, H, W) membrane mask as its second channel: (1, H, W) -> (2, H, W).
+    """Append :func:`border_weight_map` of a label's channel 0, its membrane mask, as its last channel:
+    (C, H, W) -> (C + 1, H, W) (C = 1, or 2 with the foreground of :class:`ForegroundTargetd`).
 
     Args:
         border_weight: ``w0`` of :func:`border_weight_map`.
@@ -232,8 +305,8 @@ class BorderWeight(Transform):
 
     def __call__(self, mask) -> torch.Tensor:
         mask = torch.as_tensor(mask)
-        if mask.ndim != 3 or mask.shape[0] != 1:
-            raise ValueError(f"BorderWeight expects a (1, H, W) mask, got shape {tuple(mask.shape)}")
+        if mask.ndim != 3:
+            raise ValueError(f"BorderWeight expects a (C, H, W) label, got shape {tuple(mask.shape)}")
         weights = border_weight_map(mask[0].cpu().numpy(), self.border_weight, self.sigma)
         return torch.cat([mask, torch.as_tensor(weights, dtype=mask.dtype, device=mask.device)[None]])
 
@@ -254,6 +327,68 @@ class BorderWeightd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.transform(d[key])
         return d
+
+
+class ForegroundTargetd(MapTransform):
+    """Appends the foreground of a section's objects (``instances`` > 0) to its label: (C, H, W) -> (C + 1, H, W).
+
+    For objects on a background (``configs/objects.json``): the membrane channel alone cannot tell the background
+    from the lines between touching objects, since both are "not inside an object". Put it after the deterministic
+    transforms and before the random spatial ones, which then warp the foreground with the membrane.
+
+    Args:
+        keys: keys of the labels.
+        instances_key: the item's object ids, (H, W), 0 = background (``load_labelled_stack`` keeps them for
+            ``--label_format instances``).
+    """
+
+    def __init__(self, keys: KeysCollection, instances_key: str = "instances") -> None:
+        super().__init__(keys)
+        self.instances_key = instances_key
+
+    def __call__(self, data: dict) -> dict:
+        item = dict(data)
+        if self.instances_key not in item:
+            raise InputError(
+                f"section {item.get('slice', '?')} has no object ids: objects on a background learn their "
+                "foreground from instance labels (--label_format instances)"
+            )
+        for key in self.key_iterator(item):
+            label = torch.as_tensor(item[key])
+            foreground = torch.as_tensor(np.asarray(item[self.instances_key]) > 0, device=label.device)
+            if foreground.shape != label.shape[1:]:
+                raise InputError(
+                    f"section {item.get('slice', '?')}: object ids of shape {tuple(foreground.shape)} do not match "
+                    f"its label of shape {tuple(label.shape[1:])}"
+                )
+            item[key] = torch.cat([label, foreground[None].to(label.dtype)])
+        return item
+
+
+class SplitForegroundd(MapTransform):
+    """Splits a network's (2, H, W) membrane and foreground probabilities: ``pred`` keeps the (1, H, W) membrane
+    (as every output of the bundle expects), ``foreground_key`` gets the (1, H, W) foreground, for the cells.
+
+    Args:
+        keys: keys of the probabilities.
+        foreground_key: the item's key for the foreground probability.
+    """
+
+    def __init__(self, keys: KeysCollection, foreground_key: str = "foreground") -> None:
+        super().__init__(keys)
+        self.foreground_key = foreground_key
+
+    def __call__(self, data: dict) -> dict:
+        item = dict(data)
+        for key in self.key_iterator(item):
+            probabilities = item[key]
+            if probabilities.shape[0] != 2:
+                raise InputError(
+                    f"objects on a background need a network with 2 output channels (membrane, foreground); it "
+                    f"gives {probabilities.shape[0]}"
+                )
+            item[key], item[self.foreground_key] = probabilities[:1], probabilities[1:]
+        return item
 
 
 #: cell ids of :class:`InstanceLabelsd`: 0 outside the section (the spatial transforms' zero padding), 1 membrane

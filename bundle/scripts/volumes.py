@@ -38,8 +38,9 @@ from .inferers import DihedralAverageInferer
 from .outputs import OmeZarrOutputs, TiffOutputs, stitched_cells
 from .pipeline import SectionPredictor
 from .stack_io import StackError
+from .transforms import FULL_RANGE
 from .volume_io import Volume
-from .work import BlockError, BlockTask, WorkFolder, block_range, section_ranges
+from .work import BlockError, BlockTask, WorkFolder, block_histogram, block_range, section_percentiles, section_ranges
 from .writers import csv_bytes, output_lock
 
 if TYPE_CHECKING:
@@ -67,9 +68,16 @@ class LocalRunner:
     def __exit__(self, *exception) -> None:
         pass
 
-    def ranges(self, input_path: str, blocks: list[Block]) -> dict[int, tuple[float, float]]:
-        """Each section's (minimum, maximum) intensity over its blocks."""
-        return section_ranges(blocks, (block_range(input_path, block) for block in blocks))
+    def ranges(
+        self, input_path: str, blocks: list[Block], percentiles: tuple[float, float] = FULL_RANGE
+    ) -> dict[int, tuple[float, float]]:
+        """Each section's intensities at ``percentiles`` over its blocks: the (minimum, maximum), then for other
+        percentiles than 0 and 100 a second pass of histograms over it."""
+        extremes = section_ranges(blocks, (block_range(input_path, block) for block in blocks))
+        if percentiles == FULL_RANGE:
+            return extremes
+        histograms = (block_histogram(input_path, block, extremes[block.z]) for block in blocks)
+        return section_percentiles(blocks, histograms, extremes, percentiles)
 
     def run(self, blocks: list[Block], task: BlockTask) -> Iterator[Block]:
         """Runs ``task`` on each block in order; yields each block once its record is written."""
@@ -221,7 +229,7 @@ class VolumeInference:
         for name, tensor in self.predictor.network.state_dict().items():
             weights.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
         window = self.predictor.window
-        return {
+        signature = {
             "input_path": str(self.input_path.resolve()), "input_modified_ns": os.stat(self.input_path).st_mtime_ns,
             "shape": list(volume.shape), "block_size": self.block_size, "blocks": len(blocks),
             "cell_halo": self.cell_halo, "band": self.band, "cells": repr(self.cells), "solidity": self.table.solidity,
@@ -232,6 +240,9 @@ class VolumeInference:
             "backend": self.predictor.chosen if not self.scheduler else self.predictor.backend,
             "output": [self.outputs.format, getattr(self.outputs, "version", None)], "weights": weights.hexdigest(),
         }  # fmt: skip
+        if self.predictor.intensity_percentiles != FULL_RANGE:  # absent by default: earlier runs stay resumable
+            signature["intensity_percentiles"] = list(self.predictor.intensity_percentiles)
+        return signature
 
     def _prepare_work(self, volume: Volume, blocks: list[Block]) -> None:
         signature = self._signature(volume, blocks)
@@ -259,7 +270,7 @@ class VolumeInference:
         if len(blocks) > volume.shape[0]:
             ranges = self.work.ranges()
             if ranges is None:
-                ranges = self.runner.ranges(input_path, blocks)
+                ranges = self.runner.ranges(input_path, blocks, self.predictor.intensity_percentiles)
                 self.work.save_ranges(ranges)
         work_path = str(self.work.path.resolve())
         task = BlockTask(input_path, work_path, self.cells, self.table, self.cell_halo, self.band, ranges)

@@ -29,10 +29,21 @@ from .cells import CellLabeller
 from .errors import InputError
 from .pipeline import BlockResult, SectionPredictor, label_block, predict_block
 from .stack_io import StackError
+from .transforms import intensity_histogram, percentile_range
 from .volume_io import Volume, create_ome_zarr, open_volume
 from .writers import atomic_write
 
-__all__ = ["BlockError", "WorkFolder", "BlockTask", "cached_volume", "block_reader", "block_range", "section_ranges"]
+__all__ = [
+    "BlockError",
+    "WorkFolder",
+    "BlockTask",
+    "cached_volume",
+    "block_reader",
+    "block_range",
+    "section_ranges",
+    "block_histogram",
+    "section_percentiles",
+]
 
 
 class BlockError(InputError):
@@ -169,6 +180,27 @@ def section_ranges(blocks: Sequence[Block], ranges: Iterable[tuple[float, float]
         old = sections.get(block.z, (low, high))
         sections[block.z] = (min(old[0], low), max(old[1], high))
     return sections
+
+
+def block_histogram(input_path: str, block: Block, section_range: tuple[float, float]) -> np.ndarray:
+    """The intensity histogram of one block over its section's (minimum, maximum)
+    (:func:`scripts.transforms.intensity_histogram`; a section's is the sum of its blocks')."""
+    return intensity_histogram(block_reader(input_path, block)(block.z, *block.region), section_range)
+
+
+def section_percentiles(
+    blocks: Sequence[Block],
+    histograms: Iterable[np.ndarray],
+    extremes: dict[int, tuple[float, float]],
+    percentiles: tuple[float, float],
+) -> dict[int, tuple[float, float]]:
+    """Each section's intensities at ``percentiles``, from its blocks' ``histograms`` (in ``blocks``' order) over its
+    ``extremes`` (:func:`section_ranges`), as a whole section's :class:`scripts.transforms.ScaleSectionIntensityd`
+    reads them."""
+    totals: dict[int, np.ndarray] = {}
+    for block, histogram in zip(blocks, histograms, strict=True):
+        totals[block.z] = totals[block.z] + histogram if block.z in totals else histogram
+    return {z: percentile_range(total, extremes[z], percentiles) for z, total in totals.items()}
 
 
 @dataclass
