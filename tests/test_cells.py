@@ -247,7 +247,7 @@ def test_objects_on_a_background_take_a_foreground_and_no_affinities():
     with pytest.raises(InputError, match="objects_on_background"):
         CellLabeller(objects_on_background="maybe")
     assert CellLabeller(objects_on_background="true").options["objects_on_background"] is True
-    assert "objects_on_background" not in CellLabeller(objects_on_background=False).options
+    assert CellLabeller(objects_on_background="false").options["objects_on_background"] is False
 
 
 @pytest.mark.parametrize(

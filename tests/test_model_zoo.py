@@ -175,7 +175,8 @@ def test_nothing_in_the_bundle_points_outside_it():
 
 
 def test_the_bundle_alone_runs_inference_on_its_default_input(standalone):
-    bundle_command(standalone, "run", "inferring", "--config_file", "configs/inference.json")
+    # eager fp32: --backend auto would take bf16 on a CPU with bf16 units (tests/test_backends.py checks that choice)
+    bundle_command(standalone, "run", "inferring", "--config_file", "configs/inference.json", "--backend", "eager")
     written = standalone / "runs" / "inference"
     segmentation = tifffile.imread(written / "test-volume_segmentation.tif")
     probability = tifffile.imread(written / "test-volume_membrane_probability.tif")

@@ -335,9 +335,9 @@ class CellLabeller:
             bias = parameters["boundary_bias"] = number(parameters["boundary_bias"], "cells#boundary_bias")
             if not 0 < bias < 1:
                 raise InputError(f"--cells#boundary_bias: {bias!r} must lie strictly between 0 and 1")
-        objects_on_background = flag(parameters.pop("objects_on_background", False), "objects_on_background")
-        if objects_on_background:  # false (cells tile the section): not an option at all, as null offsets
-            parameters["objects_on_background"] = True
+        objects_on_background = flag(parameters.get("objects_on_background", False), "objects_on_background")
+        if "objects_on_background" in parameters:
+            parameters["objects_on_background"] = objects_on_background
         offsets = parameters.pop("affinity_offsets", None)  # null (a membrane network): not an option at all
         if offsets is not None:
             parameters["affinity_offsets"] = offsets
