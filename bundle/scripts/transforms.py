@@ -1,6 +1,7 @@
 """Transforms the MONAI set lacks: reading datalist items given as file paths, a section with its neighbours as
-channels, scaling a section (or a tile of it) with the section's intensity range, the U-Net paper's border
-weights, and affinity targets with the membrane they imply.
+channels, scaling a section (or a tile of it) with the section's intensity range or percentiles, the U-Net
+paper's border weights, the foreground of objects on a background, and affinity targets with the membrane they
+imply.
 
 Affinities (``configs/affinities.json``): for an offset ``o`` the target at pixel ``p`` is 1 where ``p`` and
 ``p + o`` lie in the same cell, else 0 (Turaga et al. 2010; short- and long-range offsets as in the mutex
@@ -187,8 +188,8 @@ def percentile_range(
     histogram: np.ndarray, section_range: tuple[float, float], percentiles: tuple[float, float]
 ) -> tuple[float, float]:
     """The section's intensities at ``percentiles`` from its :func:`intensity_histogram`: the lower edge of the bin
-    that holds each percentile's pixel, within 1/65536 of the section's range of ``numpy.percentile``'s; exact
-    for 0 and 100."""
+    that holds each percentile's pixel, within one bin (1/65536 of the section's range) of ``numpy.percentile``'s;
+    exact for 0 and 100."""
     low, high = (float(value) for value in section_range)
     cumulative = np.cumsum(histogram)
     width = (high - low) / len(histogram)
