@@ -449,11 +449,16 @@ def test_section_context_trains_evaluates_and_infers_through_the_same_configs(ti
     assert "the weights take 3 sections: --section_context 1" in last_line
 
 
+def with_overlay(overlay: str, *files: str) -> list[str]:
+    """``--config_file`` of the bundle's config ``files`` with the target ``overlay`` last."""
+    return ["--config_file", str([*(f"configs/{name}" for name in (*files, overlay))])]
+
+
 def test_affinities_train_evaluate_and_infer_through_the_same_configs(tiny_stack_dir, tmp_path):
     """configs/affinities.json: eight offsets out, the membrane derived from them for every output."""
 
     def with_affinities(*files: str) -> list[str]:
-        return ["--config_file", str([*(f"configs/{name}" for name in files), "configs/affinities.json"])]
+        return with_overlay("affinities.json", *files)
 
     common = ["--dataset_dir", str(tiny_stack_dir), "--ckpt_dir", str(tmp_path / "models")]
     bundle_run(
@@ -485,7 +490,7 @@ def test_objects_on_a_background_train_evaluate_and_infer_through_the_same_confi
     tifffile.imwrite(folder / "test-volume.tif", images[:3])
 
     def with_objects(*files: str) -> list[str]:
-        return ["--config_file", str([*(f"configs/{name}" for name in files), "configs/objects.json"])]
+        return with_overlay("objects.json", *files)
 
     common = ["--dataset_dir", str(folder), "--ckpt_dir", str(tmp_path / "models")]
     bundle_run(
