@@ -1,6 +1,7 @@
 """Shared fixtures: the bundle on sys.path (configs import it as ``scripts``) and small EM stacks made from
 crops of the shipped ISBI 2012 data."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
 DATA = BUNDLE / "data" / "isbi2012"
 sys.path.insert(0, str(BUNDLE))
+# the napari plugin's tests run headless: Qt draws offscreen, and napari's OpenGL canvas gets its context from the
+# virtual X display pytest-xvfb starts (where Xvfb is installed)
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
 def bundle_config(files: list[str], overrides: dict | None = None) -> ConfigParser:
@@ -62,3 +66,12 @@ def touching_blobs(sections: int = 3, size: int = 96, seed: int = 0) -> tuple[np
     brightness = np.where(ids > 0, 30000 + 2000 * (ids % 3), 8000).astype(np.float64)
     images = np.clip(brightness + rng.normal(0, 1500, ids.shape), 0, 65535).astype(np.uint16)
     return images, ids
+
+
+@pytest.fixture
+def viewer(request):
+    """A napari viewer (napari's ``make_napari_viewer``, closed after the test), skipped without an X display for
+    its OpenGL canvas."""
+    if not os.environ.get("DISPLAY"):
+        pytest.skip("napari's canvas needs OpenGL from an X display: install Xvfb (apt-get install xvfb)")
+    return request.getfixturevalue("make_napari_viewer")()

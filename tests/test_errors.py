@@ -5,7 +5,7 @@ import sys
 
 from conftest import BUNDLE
 
-from scripts.errors import InputError, input_error_in_chain
+from scripts.errors import InputError, input_error_in_chain, last_line
 
 
 def test_the_input_error_is_found_through_causes_and_contexts():
@@ -19,6 +19,17 @@ def test_the_input_error_is_found_through_causes_and_contexts():
         assert input_error_in_chain(wrapped) is cause
     assert input_error_in_chain(RuntimeError("other")) is None
     assert input_error_in_chain(None) is None
+
+
+def test_the_last_line_names_the_input_error_or_else_the_error_itself():
+    try:
+        try:
+            raise InputError("stack.tif: truncated")
+        except InputError as error:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from error
+    except RuntimeError as wrapped:
+        assert last_line(wrapped) == "scripts.errors.InputError: stack.tif: truncated"
+    assert last_line(ValueError("bad value")) == "ValueError: bad value"
 
 
 def _run(code: str) -> subprocess.CompletedProcess:

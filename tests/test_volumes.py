@@ -266,6 +266,23 @@ def test_a_run_killed_at_a_block_boundary_resumes_to_the_uninterrupted_outputs(s
     assert all_outputs(tmp_path / "out") == uninterrupted  # bitwise: probability, segmentation, cells, table
 
 
+def test_closing_the_steps_stops_the_run_at_a_block_and_a_resume_finishes_it(stack_path, tmp_path):
+    """The napari worker's way of running: one block per step; closed, the run leaves only its work folder."""
+    tiled = {"block_size": 100}
+    config = bundle_config(
+        ["configs/inference.json"],
+        {"input_path": str(stack_path), "output_dir": str(tmp_path / "out"), **SMALL, **tiled},
+    )
+    config.get_parsed_content("initialize")
+    steps = config.get_parsed_content("evaluator").steps()
+    assert [next(steps) for _ in range(3)] == [(1, 27), (2, 27), (3, 27)]
+    steps.close()
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [".stack.partial"]  # the lock is released
+    infer(stack_path, tmp_path / "out", resume=True, **tiled)
+    infer(stack_path, tmp_path / "whole", **tiled)
+    assert all_outputs(tmp_path / "out") == all_outputs(tmp_path / "whole")
+
+
 def test_a_second_run_into_the_same_outputs_is_refused_while_the_first_lives(stack_path, uninterrupted, tmp_path):
     other = tmp_path / "other" / "stack.tif"  # another input of the same name, as two users' runs would be
     other.parent.mkdir()

@@ -14,7 +14,7 @@ import sys
 import traceback
 from types import TracebackType
 
-__all__ = ["InputError", "input_error_in_chain", "install_last_line_hook"]
+__all__ = ["InputError", "input_error_in_chain", "last_line", "install_last_line_hook"]
 
 
 class InputError(ValueError):
@@ -32,12 +32,19 @@ def input_error_in_chain(error: BaseException | None) -> InputError | None:
     return None
 
 
+def last_line(error: BaseException) -> str:
+    """The line a failed command ends with: the first :class:`InputError` in ``error``'s chain, else ``error``
+    itself, as ``Type: message``."""
+    cause = input_error_in_chain(error) or error
+    return traceback.format_exception_only(type(cause), cause)[-1].strip()
+
+
 def _print_with_last_line(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
     sys.__excepthook__(kind, error, trace)
     cause = input_error_in_chain(error)
     if cause is not None and cause is not error:
         sys.stdout.flush()  # logged lines must not land after the last line when stdout and stderr share a pipe
-        print(traceback.format_exception_only(type(cause), cause)[-1].strip(), file=sys.stderr, flush=True)
+        print(last_line(cause), file=sys.stderr, flush=True)
 
 
 def install_last_line_hook() -> None:

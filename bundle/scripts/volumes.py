@@ -17,6 +17,7 @@ its outputs are in place, so a second run into the same outputs is refused while
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import logging
 import os
@@ -159,6 +160,16 @@ class VolumeInference:
         self.written: list[Path] = []
 
     def run(self) -> list[Path]:
+        """Runs the whole volume; returns the files written."""
+        for _ in self.steps():
+            pass
+        return self.written
+
+    def steps(self) -> Iterator[tuple[int, int]]:
+        """The run one block at a time, for a caller that shows progress or may stop it (napari's worker thread):
+        yields ``(blocks done, blocks in all)`` after each block. Closing the iterator stops the run as an interrupt
+        would: the lock is released and the work folder stays, resumable; the outputs exist only once it is
+        exhausted (:attr:`written`)."""
         volume = self.volume
         blocks = plan_blocks(volume.shape, self.block_size)
         self._check(volume, blocks)
@@ -167,13 +178,12 @@ class VolumeInference:
         with output_lock(lock, str(self.work.path)), self._runner() as self.runner:
             try:
                 self._prepare_work(volume, blocks)
-                self._compute(volume, blocks)
+                yield from self._compute(volume, blocks)
                 self.finish(volume, blocks)
             except InputError as error:
                 if not isinstance(error, BlockError):  # bad input or weights: nothing to resume
                     shutil.rmtree(self.work.path, ignore_errors=True)
                 raise
-        return self.written
 
     def _runner(self) -> LocalRunner | DaskRunner:
         """Dask for an existing cluster, several local workers (one per GPU by default) or a dashboard; else this
@@ -261,8 +271,9 @@ class VolumeInference:
         chunks = (1, blocks[0].y1 - blocks[0].y0, blocks[0].x1 - blocks[0].x0)  # every tile is whole chunks
         self.work.create(volume.shape, chunks, signature, getattr(self.outputs, "version", "0.5"))
 
-    def _compute(self, volume: Volume, blocks: list[Block]) -> None:
-        """The blocks without a record; a tiled volume's section ranges first (saved, for a resumed run)."""
+    def _compute(self, volume: Volume, blocks: list[Block]) -> Iterator[tuple[int, int]]:
+        """The blocks without a record, yielding ``(done, total)`` after each; a tiled volume's section ranges first
+        (saved, for a resumed run)."""
         from tqdm import tqdm
 
         input_path = str(self.input_path.resolve())
@@ -279,9 +290,13 @@ class VolumeInference:
         workers = self.runner.worker_count
         logger.info("%d blocks (%d to compute) on %d worker%s", len(blocks), len(todo), workers, "s" * (workers != 1))
         bar = None if self.progress_bar is None else not self.progress_bar
-        with tqdm(total=len(blocks), initial=len(blocks) - len(todo), desc="blocks", disable=bar) as progress:
-            for _ in self.runner.run(todo, task):
+        with (
+            tqdm(total=len(blocks), initial=len(blocks) - len(todo), desc="blocks", disable=bar) as progress,
+            contextlib.closing(self.runner.run(todo, task)) as finished,
+        ):
+            for done, _ in enumerate(finished, start=len(blocks) - len(todo) + 1):
                 progress.update()
+                yield done, len(blocks)
 
     def finish(self, volume: Volume, blocks: list[Block]) -> None:
         """Volume-wide ids, seam merges, the table and the outputs, section by section, under temporary names;
