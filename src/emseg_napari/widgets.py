@@ -54,8 +54,8 @@ def region_of(image: Image, current_z: int | None, box=None) -> tuple[slice, sli
     sections = slice(current_z, current_z + 1) if current_z is not None else slice(0, shape[0])
     rows, columns = slice(0, shape[1]), slice(0, shape[2])
     if box is not None and len(box.data):
-        corners = np.concatenate([box.data_to_world(np.asarray(shape_data)) for shape_data in box.data])
-        pixels = np.array([image.world_to_data(corner) for corner in corners])[:, -2:]
+        corners = np.array([box.data_to_world(vertex)[-2:] for shape_data in box.data for vertex in shape_data])
+        pixels = (corners - np.asarray(image.translate[-2:])) / np.asarray(image.scale[-2:])  # rows, columns
         low = np.clip(np.floor(pixels.min(axis=0)).astype(int), 0, shape[1:])
         high = np.clip(np.ceil(pixels.max(axis=0)).astype(int), 0, shape[1:])
         if (high - low < 2).any():
@@ -63,6 +63,12 @@ def region_of(image: Image, current_z: int | None, box=None) -> tuple[slice, sli
         rows, columns = slice(low[0], high[0]), slice(low[1], high[1])
     region = (sections, rows, columns)
     return None if all(s.start == 0 and s.stop == size for s, size in zip(region, shape, strict=True)) else region
+
+
+def _follow_layers(widget: Container, viewer) -> None:
+    """Keeps ``widget``'s layer choices current, docked or not (napari updates only docked widgets)."""
+    for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.reordered):
+        event.connect(widget.reset_choices)
 
 
 class SegmentWidget(Container):
@@ -77,9 +83,9 @@ class SegmentWidget(Container):
         self.sections = ComboBox(choices=SECTIONS, value=SECTIONS[0], label="sections")
         self.box = create_widget(annotation=Shapes | None, label="box (Shapes)")
         self.network = ComboBox(choices=list(self.networks), label="network")
-        self.weights = FileEdit(mode="r", filter="*.pt", label="other weights", value="")
+        self.weights = FileEdit(mode="r", filter="*.pt", label="other weights", nullable=True, value=None)
         self.device = ComboBox(choices=_devices(), label="device")
-        self.output_dir = FileEdit(mode="d", label="keep outputs in", value="")
+        self.output_dir = FileEdit(mode="d", label="keep outputs in", nullable=True, value=None)
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(min=0, max=1, value=0, label="blocks")
@@ -90,13 +96,14 @@ class SegmentWidget(Container):
         ])  # fmt: skip
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
+        _follow_layers(self, viewer)
         self.worker: GeneratorWorker | None = None
         self._cancelled = threading.Event()
         self._placement: dict = {}
 
     def _network(self) -> tuple[Network, Path]:
-        other = str(self.weights.value or "")
-        if other and other != ".":
+        other = self.weights.value
+        if other is not None:
             network = network_for_weights(other)
             if network is None:
                 raise ValueError(f"{other}: weights match none of the bundle's networks, or cannot be read")
@@ -118,11 +125,10 @@ class SegmentWidget(Container):
             network, weights = self._network()
         except Exception as error:
             return self._fail(error)
-        output_dir = str(self.output_dir.value or "")
-        source = image.metadata.get(SOURCE_KEY) or (image.source.path if image.source.path else None)
+        source = image.metadata.get(SOURCE_KEY) or image.source.path or None
         steps = segmentation_steps(
             image.data, network, weights, self.device.value, region=region, source=source,
-            pixel_size=image.metadata.get(PIXEL_SIZE_KEY), output_dir=output_dir if output_dir not in ("", ".") else None,
+            pixel_size=image.metadata.get(PIXEL_SIZE_KEY), output_dir=self.output_dir.value,
         )  # fmt: skip
         offset = np.array([r.start for r in region]) if region is not None else np.zeros(3)
         self._placement = {
@@ -215,12 +221,12 @@ class CellsWidget(Container):
         super().__init__()
         self.viewer = viewer
         self.cells = create_widget(annotation=Labels, label="cells")
-        self.image = create_widget(annotation=Image, label="intensities")
-        self.relief = create_widget(annotation=Image | None, label="relief (split)")
-        self.seeds = create_widget(annotation=Points | None, label="seeds (split)")
+        self.image = create_widget(annotation=Image, label="image")
+        self.relief = create_widget(annotation=Image | None, label="relief")
+        self.seeds = create_widget(annotation=Points | None, label="seeds")
         self.merge_button = PushButton(text="Merge selected")
         self.split_button = PushButton(text="Split selected at seeds")
-        self.export_dir = FileEdit(mode="d", label="export to", value="")
+        self.export_dir = FileEdit(mode="d", label="export to", nullable=True, value=None)
         self.export_name = LineEdit(label="name", value="corrected")
         self.follow = CheckBox(text="go to the selected cell", value=True)
         self.export_button = PushButton(text="Export cells and table")
@@ -228,6 +234,7 @@ class CellsWidget(Container):
         self.table = QTableWidget()
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setMinimumHeight(320)
         self.extend([
             self.cells, self.image, self.relief, self.seeds, self.follow, self.merge_button, self.split_button,
             self.export_dir, self.export_name, self.export_button, self.status,
@@ -240,6 +247,7 @@ class CellsWidget(Container):
         self.export_button.changed.connect(self.export)
         self._layer: Labels | None = None
         self._syncing = False
+        _follow_layers(self, viewer)
         if self.cells.value is not None:
             self.show_cells(self.cells.value)
 
@@ -373,8 +381,8 @@ class CellsWidget(Container):
 
     def export(self) -> list[Path] | None:
         try:
-            folder = str(self.export_dir.value or "")
-            if folder in ("", "."):
+            folder = self.export_dir.value
+            if folder is None:
                 raise ValueError("export: choose a folder to export to")
             layer = self._layer
             from .writer import write_cells

@@ -1,0 +1,178 @@
+"""The plugin's widgets in a headless viewer: segmenting gives ``run inferring``'s cells and table, a run can be
+cancelled, errors come as the command's one line, cells are merged, split and exported with their rows, and the
+table and the viewer select together."""
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from conftest import BUNDLE
+from napari.utils.interactions import mouse_press_callbacks
+
+from emseg_napari import sample_data
+from emseg_napari.reader import read_stack
+from emseg_napari.widgets import CellsWidget, SegmentWidget
+
+RUN_TIMEOUT_MS = 300_000
+
+
+@pytest.fixture
+def sample(viewer):
+    """Two 160 x 192 crops of the training sample's sections, as the sample opens them (4 nm pixels)."""
+    (data, attributes, _), _ = sample_data.isbi2012_training()
+    return viewer.add_image(data[:2, 100:260, 200:392], **attributes)
+
+
+def segment(widget: SegmentWidget, qtbot) -> None:
+    worker = widget.start()
+    assert worker is not None, widget.status.value
+    with qtbot.waitSignal(worker.finished, timeout=RUN_TIMEOUT_MS):
+        pass
+
+
+def test_the_segment_widget_gives_the_cells_and_table_of_run_inferring(viewer, sample, qtbot, tmp_path):
+    widget = SegmentWidget(viewer)
+    widget.image.value = sample
+    assert widget.network.value == "U-Net (shipped)" and "SegNet (shipped)" in widget.network.choices
+    segment(widget, qtbot)
+    cells = viewer.layers[f"{sample.name} cells"]
+    probability = viewer.layers[f"{sample.name} membrane probability"]
+    assert widget.status.value == f"{len(cells.features)} cells in 2 section(s)"
+
+    tifffile.imwrite(tmp_path / "crop.tif", np.asarray(sample.data))
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", "configs/inference.json",
+        "--input_path", str(tmp_path / "crop.tif"), "--output_dir", str(tmp_path), "--pixel_size", "[4.0,4.0]",
+        "--device", "cpu",
+    ]  # fmt: skip
+    subprocess.run(command, cwd=BUNDLE, capture_output=True, timeout=600, check=True)
+    np.testing.assert_array_equal(cells.data, tifffile.imread(tmp_path / "crop_cells.tif"))
+    np.testing.assert_array_equal(probability.data, tifffile.imread(tmp_path / "crop_membrane_probability.tif"))
+    table = pd.read_csv(tmp_path / "crop_cells.csv")
+    pd.testing.assert_frame_equal(cells.features.drop(columns="index"), table)
+    assert tuple(cells.scale) == (4.0, 4.0, 4.0) and cells.metadata["emseg_pixel_size_nm"] == (4.0, 4.0)
+    assert any(isinstance(widget, CellsWidget) for widget in viewer.window.dock_widgets.values())
+
+
+def test_a_region_of_one_section_lands_where_it_was_cut(viewer, sample, qtbot):
+    widget = SegmentWidget(viewer)
+    widget.image.value = sample
+    viewer.dims.set_point(0, 1 * 4.0)  # section 1, in nm
+    box = viewer.add_shapes([[[40, 60], [40, 160], [120, 160], [120, 60]]], scale=sample.scale[1:])  # rows, columns
+    widget.sections.value, widget.box.value = "current section", box
+    segment(widget, qtbot)
+    cells = viewer.layers[f"{sample.name} cells"]
+    assert cells.data.shape == (1, 80, 100)
+    np.testing.assert_allclose(cells.translate, [1 * 4.0, 40 * 4.0, 60 * 4.0])
+    assert (cells.features["section"] == 0).all()  # the table is the region's, as the command gives it
+
+
+def test_a_run_can_be_cancelled_and_leaves_no_outputs(viewer, qtbot, tmp_path):
+    (data, attributes, _), _ = sample_data.isbi2012_training()
+    sections = viewer.add_image(data[:12, :128, :128], **attributes)
+    widget = SegmentWidget(viewer)
+    widget.image.value = sections
+    widget.output_dir.value = tmp_path
+    seen = []
+    worker = widget.start()
+    worker.yielded.connect(lambda progress: (seen.append(progress), widget.cancel()))
+    with qtbot.waitSignal(worker.finished, timeout=RUN_TIMEOUT_MS):
+        pass
+    assert seen[0] == (1, 12) and seen[-1][0] < 12 and widget.status.value == "cancelled"
+    assert [layer.name for layer in viewer.layers] == [sections.name]
+    assert not [path for path in tmp_path.iterdir() if not path.name.startswith(".")]  # only the hidden work folder
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_errors_come_as_the_commands_one_line(viewer, sample, qtbot, tmp_path):
+    widget = SegmentWidget(viewer)
+    widget.image.value = sample
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not weights")
+    widget.weights.value = broken
+    assert widget.start() is None
+    expected = f"ValueError: {broken}: weights match none of the bundle's networks, or cannot be read"
+    assert widget.status.value == expected
+    widget.weights.value = None
+    widget.device.value = "cpu"
+    sample.data = np.full(sample.data.shape, np.nan, np.float32)
+    segment(widget, qtbot)
+    assert widget.status.value.startswith("scripts.stack_io.StackError: ")
+    assert "contains NaN or infinite values" in widget.status.value
+    assert len(viewer.layers) == 1
+
+
+@pytest.fixture
+def corrected(viewer, tmp_path):
+    """A cells layer as the reader opens run inferring's outputs, its image, and the cells widget on them."""
+    images = tifffile.imread(BUNDLE / "data" / "isbi2012" / "train-volume.tif")[:2, :64, :64]
+    cells = np.zeros((2, 64, 64), np.uint32)
+    cells[0, 5:30, 5:30], cells[0, 5:30, 31:60], cells[0, 35:60, 5:60], cells[1, 10:50, 10:50] = 1, 2, 3, 4
+    from emseg_napari.writer import write_cells
+    from scripts.cell_table import cell_table
+
+    tifffile.imwrite(tmp_path / "stack.tif", images)
+    write_cells(tmp_path, "stack", cells, pd.DataFrame(cell_table(cells, images, (4.0, 4.0))), (4.0, 4.0))
+    [(data, attributes, _)] = read_stack(tmp_path / "stack.tif")
+    image = viewer.add_image(np.asarray(data), **attributes)
+    [(data, attributes, _)] = read_stack(tmp_path / "stack_cells.tif")
+    layer = viewer.add_labels(data, **attributes)
+    widget = CellsWidget(viewer)
+    widget.image.value = image
+    widget.show_cells(layer)
+    return widget, layer, images
+
+
+def test_the_table_and_the_viewer_select_together(corrected, viewer):
+    widget, layer, _ = corrected
+    assert widget.table.rowCount() == 4
+    widget.table.selectRow(3)
+    assert layer.selected_label == 4
+    layer.selected_label = 2
+    assert widget.selected_ids() == [2]
+    layer.mode = "pan_zoom"
+    viewer.dims.set_point(0, 0.0)  # a click picks the cell of the section shown
+    for position, modifiers in (((0, 10 * 4.0, 10 * 4.0), ()), ((0, 10 * 4.0, 40 * 4.0), ("Shift",))):
+        click = SimpleNamespace(type="mouse_press", position=position, modifiers=modifiers, dims_displayed=[1, 2])
+        mouse_press_callbacks(layer, click)
+    assert widget.selected_ids() == [1, 2] and layer.selected_label == 2  # a click, then a shift-click
+
+
+def test_merge_then_split_recompute_their_rows_and_export_writes_both_files(corrected, viewer, tmp_path):
+    widget, layer, images = corrected
+    widget.select_ids([1, 2])
+    widget.merge()
+    assert widget.status.value == "merged 1, 2 into 1"
+    assert layer.features["id"].tolist() == [1, 3, 4] and widget.table.rowCount() == 3
+    from scripts.cell_table import cell_table
+
+    expected = pd.DataFrame(cell_table(layer.data, images, (4.0, 4.0)))
+    pd.testing.assert_frame_equal(layer.features.drop(columns="index"), expected, check_dtype=False)
+
+    seeds = viewer.add_points(np.array([[0, 45, 10], [0, 45, 55]]) * 4.0)
+    widget.seeds.value = seeds
+    widget.select_ids([3])
+    widget.split()
+    assert widget.status.value == "split 3 into 3, 5"
+    expected = pd.DataFrame(cell_table(layer.data, images, (4.0, 4.0)))
+    pd.testing.assert_frame_equal(layer.features.drop(columns="index"), expected, check_dtype=False)
+
+    widget.export_dir.value, widget.export_name.value = tmp_path / "export", "proofread"
+    files = widget.export()
+    assert [path.name for path in files] == ["proofread_cells.tif", "proofread_cells.csv"]
+    np.testing.assert_array_equal(tifffile.imread(files[0]), layer.data)
+    pd.testing.assert_frame_equal(pd.read_csv(files[1]), expected, check_dtype=False)
+    assert sorted(path.name for path in (tmp_path / "export").iterdir()) == sorted(path.name for path in files)
+
+
+def test_a_merge_across_sections_is_refused_in_one_line(corrected):
+    widget, layer, _ = corrected
+    before = np.array(layer.data)
+    widget.select_ids([3, 4])
+    widget.merge()
+    assert widget.status.value.startswith("emseg_napari.proofreading.ProofreadingError: merge: cells are per section")
+    np.testing.assert_array_equal(layer.data, before)
