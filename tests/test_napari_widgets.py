@@ -16,6 +16,7 @@ from napari.utils.interactions import mouse_press_callbacks
 from emseg_napari import sample_data
 from emseg_napari.reader import read_stack
 from emseg_napari.widgets import CellsWidget, SegmentWidget
+from scripts.cell_table import cell_table
 
 RUN_TIMEOUT_MS = 300_000
 
@@ -69,6 +70,11 @@ def test_a_region_of_one_section_lands_where_it_was_cut(viewer, sample, qtbot):
     assert cells.data.shape == (1, 80, 100)
     np.testing.assert_allclose(cells.translate, [1 * 4.0, 40 * 4.0, 60 * 4.0])
     assert (cells.features["section"] == 0).all()  # the table is the region's, as the command gives it
+    corrections = widget.cells_widget()
+    corrections.select_ids(cells.features["id"][:2].tolist())
+    corrections.merge()  # measured on the image's pixels under the region
+    expected = cell_table(cells.data, np.asarray(sample.data)[1:2, 40:120, 60:160], (4.0, 4.0))
+    pd.testing.assert_frame_equal(cells.features.drop(columns="index"), pd.DataFrame(expected), check_dtype=False)
 
 
 def test_a_run_can_be_cancelled_and_leaves_no_outputs(viewer, qtbot, tmp_path):
@@ -113,7 +119,6 @@ def corrected(viewer, tmp_path):
     cells = np.zeros((2, 64, 64), np.uint32)
     cells[0, 5:30, 5:30], cells[0, 5:30, 31:60], cells[0, 35:60, 5:60], cells[1, 10:50, 10:50] = 1, 2, 3, 4
     from emseg_napari.writer import write_cells
-    from scripts.cell_table import cell_table
 
     tifffile.imwrite(tmp_path / "stack.tif", images)
     write_cells(tmp_path, "stack", cells, pd.DataFrame(cell_table(cells, images, (4.0, 4.0))), (4.0, 4.0))
@@ -148,8 +153,6 @@ def test_merge_then_split_recompute_their_rows_and_export_writes_both_files(corr
     widget.merge()
     assert widget.status.value == "merged 1, 2 into 1"
     assert layer.features["id"].tolist() == [1, 3, 4] and widget.table.rowCount() == 3
-    from scripts.cell_table import cell_table
-
     expected = pd.DataFrame(cell_table(layer.data, images, (4.0, 4.0)))
     pd.testing.assert_frame_equal(layer.features.drop(columns="index"), expected, check_dtype=False)
 

@@ -132,7 +132,7 @@ class SegmentWidget(Container):
         )  # fmt: skip
         offset = np.array([r.start for r in region]) if region is not None else np.zeros(3)
         self._placement = {
-            "name": image.name, "scale": image.scale[-3:] if image.ndim >= 3 else (1, *image.scale),
+            "image": image, "name": image.name, "scale": image.scale[-3:] if image.ndim >= 3 else (1, *image.scale),
             "translate": (image.translate[-3:] if image.ndim >= 3 else (0, *image.translate)),
             "offset": offset, "pixel_size": image.metadata.get(PIXEL_SIZE_KEY), "units": image.units[-3:],
         }  # fmt: skip
@@ -187,7 +187,7 @@ class SegmentWidget(Container):
             "scale": scale, "translate": translate + place["offset"] * scale, "units": place["units"],
             "metadata": {PIXEL_SIZE_KEY: result.pixel_size},
         }  # fmt: skip
-        self.viewer.add_image(
+        probability = self.viewer.add_image(
             result.probability, name=f"{place['name']} membrane probability", colormap="magma", blending="additive",
             visible=False, **common,
         )  # fmt: skip
@@ -196,7 +196,9 @@ class SegmentWidget(Container):
         cells = self.viewer.add_labels(result.cells, name=f"{place['name']} cells", features=table, **common)
         self.status.value = f"{len(table)} cells in {result.cells.shape[0]} section(s)"
         show_info(self.status.value)
-        self.cells_widget().show_cells(cells)
+        widget = self.cells_widget()
+        widget.image.value, widget.relief.value = place["image"], probability
+        widget.show_cells(cells)
 
     def cells_widget(self) -> CellsWidget:
         """The viewer's cells dock, opened if needed."""
@@ -254,6 +256,9 @@ class CellsWidget(Container):
     # the table
     def show_cells(self, layer: Labels | None) -> None:
         """Shows ``layer``'s table and follows its selection."""
+        if layer is not None and self.cells.value is not layer:
+            self.cells.value = layer  # its change event shows it
+            return
         if self._layer is not None:
             self._layer.events.selected_label.disconnect(self._label_selected)
             if self._on_click in self._layer.mouse_drag_callbacks:
@@ -262,8 +267,6 @@ class CellsWidget(Container):
         if layer is None:
             self.table.setRowCount(0)
             return
-        if self.cells.value is not layer:
-            self.cells.value = layer
         layer.events.selected_label.connect(self._label_selected)
         layer.mouse_drag_callbacks.append(self._on_click)
         self.refresh_table()
@@ -339,11 +342,24 @@ class CellsWidget(Container):
             self._layer.data = np.asarray(self._layer.data)
         return self._layer.data
 
+    def _in_cells_frame(self, image: Image | None, role: str):
+        """``image``'s pixels under the cells layer (a region's cells lie inside their image), unread until indexed."""
+        layer = self._layer
+        if image is None:
+            raise proofreading.ProofreadingError(f"choose the {role} layer")
+        scale = np.asarray(image.scale[-3:], float) if image.ndim >= 3 else np.asarray((1.0, *image.scale), float)
+        translate = np.asarray(image.translate[-3:] if image.ndim >= 3 else (0.0, *image.translate), float)
+        offset = np.round((np.asarray(layer.translate[-3:], float) - translate) / scale).astype(int)
+        data = image.data if image.ndim >= 3 else image.data[None]
+        region = tuple(slice(start, start + size) for start, size in zip(offset, layer.data.shape, strict=True))
+        if (offset < 0).any() or data[region].shape != layer.data.shape:
+            raise proofreading.ProofreadingError(f"{image.name}: does not cover the cells of {layer.name}")
+        return data[region]
+
     def _remeasure(self, ids: list[int], z: int, removed: list[int]) -> None:
         layer = self._layer
-        rows = proofreading.measure_cells(
-            layer.data, np.asarray(self.image.value.data), ids, z, layer.metadata.get(PIXEL_SIZE_KEY)
-        )
+        intensities = self._in_cells_frame(self.image.value, "image")
+        rows = proofreading.measure_cells(layer.data, intensities, ids, z, layer.metadata.get(PIXEL_SIZE_KEY))
         layer.features = proofreading.updated_table(layer.features, rows, removed)
         layer.refresh()
         self.refresh_table()
@@ -370,10 +386,13 @@ class CellsWidget(Container):
                 raise proofreading.ProofreadingError("split: choose a Points layer with a point in each part")
             seeds_layer = self.seeds.value
             seeds = np.array([self._layer.world_to_data(seeds_layer.data_to_world(p)) for p in seeds_layer.data])
-            relief = self.relief.value.data if self.relief.value is not None else -np.asarray(self.image.value.data)
             cells = self._editable()
             z = proofreading.cell_section(cells, ids[0])
-            parts = proofreading.split_cell(cells, ids[0], seeds, np.asarray(relief[z], dtype=float))
+            if self.relief.value is not None:
+                relief = np.asarray(self._in_cells_frame(self.relief.value, "relief")[z], dtype=float)
+            else:  # membranes are dark
+                relief = -np.asarray(self._in_cells_frame(self.image.value, "image")[z], dtype=float)
+            parts = proofreading.split_cell(cells, ids[0], seeds, relief)
             self._remeasure(parts, z, [])
             self.status.value = f"split {ids[0]} into {', '.join(map(str, parts))}"
         except Exception as error:
