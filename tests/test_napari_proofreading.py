@@ -76,3 +76,12 @@ def test_a_split_needs_two_seeds_inside_the_cell():
     with pytest.raises(ProofreadingError, match="cell 9: no pixel has this id"):
         split_cell(cells, 9, np.array([[0, 14, 5], [0, 14, 20]]), np.zeros(cells.shape[1:]))
     np.testing.assert_array_equal(cells, before)
+
+
+def test_a_part_of_the_cell_no_seed_reaches_keeps_its_id():
+    cells, _ = stack()
+    merge_cells(cells, [1, 3])  # two pieces that do not touch
+    parts = split_cell(cells, 1, np.array([[0, 14, 5], [0, 15, 25]]), np.zeros(cells.shape[1:]))
+    assert parts == [1, 5]
+    assert (cells[0, 2:10, 2:14] == 1).all()  # the piece without a seed is not erased
+    assert set(np.unique(cells[0, 12:18, 2:28])) == {1, 5}

@@ -35,9 +35,17 @@ def segment(widget: SegmentWidget, qtbot) -> None:
         pass
 
 
+def test_the_widgets_open_from_the_plugins_menu(viewer):
+    _, segment = viewer.window.add_plugin_dock_widget("emseg", "Segment cells")
+    _, cells = viewer.window.add_plugin_dock_widget("emseg", "Cells and table")
+    assert isinstance(segment, SegmentWidget) and isinstance(cells, CellsWidget)
+    assert segment.cells_widget() is cells  # a run's cells go to the dock that is open
+
+
 def test_the_segment_widget_gives_the_cells_and_table_of_run_inferring(viewer, sample, qtbot, tmp_path):
     widget = SegmentWidget(viewer)
     widget.image.value = sample
+    widget.device.value = "cpu"  # as the command below, on a machine with a GPU too
     assert widget.network.value == "U-Net (shipped)" and "SegNet (shipped)" in widget.network.choices
     segment(widget, qtbot)
     cells = viewer.layers[f"{sample.name} cells"]
@@ -55,6 +63,7 @@ def test_the_segment_widget_gives_the_cells_and_table_of_run_inferring(viewer, s
     np.testing.assert_array_equal(probability.data, tifffile.imread(tmp_path / "crop_membrane_probability.tif"))
     table = pd.read_csv(tmp_path / "crop_cells.csv")
     pd.testing.assert_frame_equal(cells.features.drop(columns="index"), table)
+    assert cells.features["id"].dtype.kind == "i"
     assert tuple(cells.scale) == (4.0, 4.0, 4.0) and cells.metadata["emseg_pixel_size_nm"] == (4.0, 4.0)
     assert any(isinstance(widget, CellsWidget) for widget in viewer.window.dock_widgets.values())
 
@@ -81,17 +90,27 @@ def test_a_run_can_be_cancelled_and_leaves_no_outputs(viewer, qtbot, tmp_path):
     (data, attributes, _), _ = sample_data.isbi2012_training()
     sections = viewer.add_image(data[:12, :128, :128], **attributes)
     widget = SegmentWidget(viewer)
-    widget.image.value = sections
+    widget.image.value, widget.device.value = sections, "cpu"
     widget.output_dir.value = tmp_path
-    seen = []
     worker = widget.start()
-    worker.yielded.connect(lambda progress: (seen.append(progress), widget.cancel()))
+    qtbot.waitUntil(lambda: widget.progress.value >= 1, timeout=RUN_TIMEOUT_MS)
+    widget.cancel()
     with qtbot.waitSignal(worker.finished, timeout=RUN_TIMEOUT_MS):
         pass
-    assert seen[0] == (1, 12) and seen[-1][0] < 12 and widget.status.value == "cancelled"
+    assert widget.progress.value < 12 and widget.status.value == "cancelled"
     assert [layer.name for layer in viewer.layers] == [sections.name]
-    assert not [path for path in tmp_path.iterdir() if not path.name.startswith(".")]  # only the hidden work folder
+    assert list(tmp_path.iterdir()) == []  # no output, no work folder, no lock
     assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_a_single_image_is_one_section(viewer, sample, qtbot):
+    image = viewer.add_image(np.asarray(sample.data[0]), name="one section", scale=(4.0, 4.0))
+    widget = SegmentWidget(viewer)
+    widget.image.value, widget.device.value = image, "cpu"
+    segment(widget, qtbot)
+    cells = viewer.layers["one section cells"]
+    assert cells.data.shape == (1, *image.data.shape) and tuple(cells.scale[1:]) == (4.0, 4.0)
+    assert len(cells.units) == 3 and len(cells.features) == cells.data.max()
 
 
 def test_errors_come_as_the_commands_one_line(viewer, sample, qtbot, tmp_path):
@@ -103,8 +122,20 @@ def test_errors_come_as_the_commands_one_line(viewer, sample, qtbot, tmp_path):
     assert widget.start() is None
     expected = f"ValueError: {broken}: weights match none of the bundle's networks, or cannot be read"
     assert widget.status.value == expected
+    import torch
+
+    state = torch.load(BUNDLE / "models" / "model.pt", weights_only=True)  # weights that fit, holding NaN
+    name = next(name for name, value in state.items() if value.is_floating_point())
+    state[name][...] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    widget.weights.value, widget.device.value = tmp_path / "nan.pt", "cpu"
+    segment(widget, qtbot)
+    assert (
+        widget.status.value
+        == f"scripts.errors.InputError: {tmp_path / 'nan.pt'}: weights hold NaN or infinite values ({name})"
+    )
+    assert widget.run_button.enabled
     widget.weights.value = None
-    widget.device.value = "cpu"
     sample.data = np.full(sample.data.shape, np.nan, np.float32)
     segment(widget, qtbot)
     assert widget.status.value.startswith("scripts.stack_io.StackError: ")
@@ -134,7 +165,7 @@ def corrected(viewer, tmp_path):
 
 def test_the_table_and_the_viewer_select_together(corrected, viewer):
     widget, layer, _ = corrected
-    assert widget.table.rowCount() == 4
+    assert widget.model.rowCount() == 4
     widget.table.selectRow(3)
     assert layer.selected_label == 4
     layer.selected_label = 2
@@ -152,7 +183,7 @@ def test_merge_then_split_recompute_their_rows_and_export_writes_both_files(corr
     widget.select_ids([1, 2])
     widget.merge()
     assert widget.status.value == "merged 1, 2 into 1"
-    assert layer.features["id"].tolist() == [1, 3, 4] and widget.table.rowCount() == 3
+    assert layer.features["id"].tolist() == [1, 3, 4] and widget.model.rowCount() == 3
     expected = pd.DataFrame(cell_table(layer.data, images, (4.0, 4.0)))
     pd.testing.assert_frame_equal(layer.features.drop(columns="index"), expected, check_dtype=False)
 

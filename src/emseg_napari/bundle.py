@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -149,23 +151,26 @@ class SegmentationResult:
     files: list[Path] = field(default_factory=list)
 
 
-def _input_stack(
-    image: np.ndarray, source: Path | None, region: tuple[slice, slice, slice] | None, pixel_size, folder: Path
-) -> Path:
+def _input_stack(image, source: Path | None, region: tuple[slice, slice, slice] | None, pixel_size, path: Path) -> Path:
     """The input for ``--input_path``: the layer's own file when the whole of it is segmented and the bundle reads
-    it, else the region written as a TIFF stack (with the pixel size) in ``folder``."""
+    it as the same (Z, H, W) stack, else the pixels (of the region) written as a TIFF stack with the pixel size to
+    ``path``."""
     volume_io = scripts_module("volume_io")
+    image = image if np.ndim(image) == 3 else image[None]
     if source is not None and region is None:
         try:
-            volume_io.open_volume(source)
-            return source
+            if volume_io.open_volume(source).shape == tuple(image.shape):
+                return source
         except Exception:  # a file napari read through another plugin: segment the pixels it shows
             pass
     stack = np.asarray(image[region] if region is not None else image)
-    stack = stack[None] if stack.ndim == 2 else stack
-    path = folder / "input.tif"
     scripts_module("outputs").write_pages(path, stack.shape, stack.dtype, iter(stack), pixel_size)
     return path
+
+
+def output_name(layer_name: str) -> str:
+    """A file name for a layer's outputs: its name with what file systems refuse replaced by ``_``."""
+    return re.sub(r"[^\w.-]+", "_", layer_name).strip("._") or "layer"
 
 
 def segmentation_steps(
@@ -177,6 +182,7 @@ def segmentation_steps(
     source: str | Path | None = None,
     pixel_size: Sequence[float] | None = None,
     output_dir: str | Path | None = None,
+    name: str = "layer",
     overrides: dict | None = None,
 ) -> Iterator[tuple[int, int]]:
     """``run inferring`` on an image or a region of it, one block at a time.
@@ -192,6 +198,8 @@ def segmentation_steps(
         source: the file the image was read from; used as the input when the bundle reads it and no region is set.
         pixel_size: (y, x) in nm, or None (the table then has pixel units only).
         output_dir: where the outputs are written (kept); None writes them to a temporary folder removed afterwards.
+            A run stopped early leaves nothing there.
+        name: the layer's name, the base name of the outputs (``<name>_cells.tif``, ...).
         overrides: further config overrides (``{"cells#method": "watershed"}``).
     """
     import pandas as pd
@@ -200,24 +208,29 @@ def segmentation_steps(
     with tempfile.TemporaryDirectory(prefix="emseg-napari-") as scratch:
         scratch = Path(scratch)
         outputs = Path(output_dir) if output_dir is not None else scratch / "outputs"
-        input_path = _input_stack(image, Path(source) if source else None, region, pixel_size, scratch)
-        volume_io = scripts_module("volume_io")
-        name = volume_io.volume_name(input_path)
+        name = output_name(name)
+        input_path = _input_stack(image, Path(source) if source else None, region, pixel_size, scratch / f"{name}.tif")
         config = inference_config(
             network,
             {
                 "input_path": str(input_path), "output_dir": str(outputs), "output_name": name,
                 "output_format": "tif", "model_path": str(weights), "device": device, "progress_bar": False,
+                # this process, on the device chosen (several GPUs would otherwise start a Dask cluster in napari)
+                "dask_workers": 1, "dask_dashboard": False,
                 **({"pixel_size": list(pixel_size)} if pixel_size is not None else {}), **(overrides or {}),
             },
         )  # fmt: skip
         config.get_parsed_content("initialize")
         inference = config.get_parsed_content("evaluator")
-        steps = inference.steps()
+        steps, started = inference.steps(), False
         try:
-            yield from steps
+            for progress in steps:
+                started = True  # this run holds the outputs' lock: the work folder is its own
+                yield progress
         finally:
             steps.close()
+            if started and not inference.written:  # stopped: no resumable work folder is left in output_dir
+                shutil.rmtree(inference.work.path, ignore_errors=True)
         files = {path.name: path for path in inference.written}
         shape = inference.volume.shape
         return SegmentationResult(

@@ -86,7 +86,7 @@ def split_cell(cells: np.ndarray, cell_id: int, seeds: np.ndarray, relief: np.nd
     parts = watershed(section_relief[box], markers, mask=mask[box])
     first_new = int(cells.max()) + 1
     ids = [cell_id, *range(first_new, first_new + int(markers.max()) - 1)]
-    lookup = np.array([0, *ids], dtype=cells.dtype)
+    lookup = np.array([cell_id, *ids], dtype=cells.dtype)  # a part of the cell no seed reaches keeps its id
     crop = cells[z][box]
     crop[mask[box]] = lookup[parts[mask[box]]]
     return ids

@@ -88,20 +88,26 @@ def read_cell_table(path: str | Path) -> list[tuple]:
 
 
 def _is_stack_folder(path: Path) -> bool:
-    volume_io = scripts_module("volume_io")
-    if volume_io.is_zarr(path):
+    """A folder of slices or a Zarr array or OME-Zarr image the bundle opens (not any Zarr group)."""
+    try:
+        scripts_module("volume_io").open_volume(path)
         return True
-    suffixes = scripts_module("stack_io").SLICE_SUFFIXES
-    return any(child.suffix.lower() in suffixes for child in path.iterdir())
+    except Exception:
+        return False
 
 
 def get_reader(path):
-    """napari's reader hook: a reading function for the paths of the module docstring, else None."""
+    """napari's reader hook: a reading function for the paths of the module docstring, else None (never an error:
+    napari then asks its other readers)."""
     if isinstance(path, list):
         if len(path) != 1:
             return None
         path = path[0]
     path = Path(path)
+    try:
+        scripts_module("volume_io")
+    except FileNotFoundError:  # no bundle: nothing this plugin can read
+        return None
     if path.name.endswith(f"{CELLS_SUFFIX}.csv"):
         return read_cell_table
     if path.suffix.lower() in (".tif", ".tiff") or (path.is_dir() and _is_stack_folder(path)):

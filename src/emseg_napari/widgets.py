@@ -26,7 +26,8 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import GeneratorWorker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
+from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt
+from qtpy.QtWidgets import QAbstractItemView, QTableView
 
 from . import proofreading
 from .bundle import Network, network_for_weights, scripts_module, segmentation_steps, shipped_networks
@@ -43,8 +44,22 @@ def _devices() -> list[str]:
     return [*(f"cuda:{index}" for index in range(torch.cuda.device_count())), "cpu"]
 
 
+class SegmentationFailed(Exception):
+    """A run that failed, carrying the command's last line (raised again on the worker thread as this type: superqt
+    takes a ``RuntimeError``, which MONAI's config errors are, for a deleted worker and reports nothing)."""
+
+
 def _last_line(error: BaseException) -> str:
+    if isinstance(error, SegmentationFailed):
+        return str(error)
     return scripts_module("errors").last_line(error)
+
+
+def _frame(layer) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(scale, translate, units) of a layer's last three axes; a 2D layer is one section."""
+    if layer.ndim >= 3:
+        return np.asarray(layer.scale[-3:], float), np.asarray(layer.translate[-3:], float), tuple(layer.units[-3:])
+    return np.asarray((1.0, *layer.scale)), np.asarray((0.0, *layer.translate)), (layer.units[0], *layer.units)
 
 
 def region_of(image: Image, current_z: int | None, box=None) -> tuple[slice, slice, slice] | None:
@@ -75,9 +90,9 @@ class SegmentWidget(Container):
     """Runs the bundle's inference on an image layer: the membrane probability and the cells, with their table,
     come back as layers; the cells open in :class:`CellsWidget`."""
 
-    def __init__(self, viewer) -> None:
+    def __init__(self, napari_viewer) -> None:
         super().__init__()
-        self.viewer = viewer
+        self.viewer = viewer = napari_viewer
         self.networks = {label: (network, path) for label, network, path in shipped_networks()}
         self.image = create_widget(annotation=Image, label="image")
         self.sections = ComboBox(choices=SECTIONS, value=SECTIONS[0], label="sections")
@@ -116,11 +131,16 @@ class SegmentWidget(Container):
         try:
             if image is None:
                 raise ValueError("choose an image layer to segment")
-            if image.rgb or image.data.ndim not in (2, 3):
-                raise ValueError(f"{image.name}: has shape {image.data.shape}; segment a grayscale (Z, H, W) layer")
+            if image.multiscale or image.rgb or image.data.ndim not in (2, 3):
+                raise ValueError(
+                    f"{image.name}: is {'multiscale' if image.multiscale else f'of shape {image.data.shape}'}; "
+                    "segment a grayscale (Z, H, W) or (H, W) layer (a multiscale one: run the command on its file)"
+                )
             current = None
             if self.sections.value == "current section" and image.data.ndim == 3:
                 current = int(round(image.world_to_data(self.viewer.dims.point)[0]))
+                if not 0 <= current < image.data.shape[0]:
+                    raise ValueError(f"{image.name}: the section on screen, {current}, is not one of its sections")
             region = region_of(image, current, self.box.value)
             network, weights = self._network()
         except Exception as error:
@@ -128,15 +148,13 @@ class SegmentWidget(Container):
         source = image.metadata.get(SOURCE_KEY) or image.source.path or None
         steps = segmentation_steps(
             image.data, network, weights, self.device.value, region=region, source=source,
-            pixel_size=image.metadata.get(PIXEL_SIZE_KEY), output_dir=self.output_dir.value,
+            pixel_size=image.metadata.get(PIXEL_SIZE_KEY), output_dir=self.output_dir.value, name=image.name,
         )  # fmt: skip
+        scale, translate, units = _frame(image)
         offset = np.array([r.start for r in region]) if region is not None else np.zeros(3)
-        self._placement = {
-            "image": image, "name": image.name, "scale": image.scale[-3:] if image.ndim >= 3 else (1, *image.scale),
-            "translate": (image.translate[-3:] if image.ndim >= 3 else (0, *image.translate)),
-            "offset": offset, "pixel_size": image.metadata.get(PIXEL_SIZE_KEY), "units": image.units[-3:],
-        }  # fmt: skip
+        self._placement = {"image": image, "scale": scale, "translate": translate + offset * scale, "units": units}
         self._cancelled.clear()
+        self.progress.max, self.progress.value = 1, 0
         self.worker = GeneratorWorker(self._stepped, steps)
         self.worker.yielded.connect(self._show_progress)
         self.worker.returned.connect(self._show_result)
@@ -155,6 +173,8 @@ class SegmentWidget(Container):
                     progress = next(steps)
                 except StopIteration as finished:
                     return finished.value
+                except Exception as error:
+                    raise SegmentationFailed(_last_line(error)) from error
                 yield progress
             return None
         finally:
@@ -178,36 +198,67 @@ class SegmentWidget(Container):
         self.run_button.enabled, self.cancel_button.enabled = True, False
 
     def _show_result(self, result) -> None:
-        if result is None:
+        if result is None or self._cancelled.is_set():  # cancelled, or cancelled while the outputs were written
             self.status.value = "cancelled"
             return
         place = self._placement
-        scale, translate = np.asarray(place["scale"], float), np.asarray(place["translate"], float)
+        image = place["image"]
         common = {
-            "scale": scale, "translate": translate + place["offset"] * scale, "units": place["units"],
+            "scale": place["scale"], "translate": place["translate"], "units": place["units"],
             "metadata": {PIXEL_SIZE_KEY: result.pixel_size},
         }  # fmt: skip
         probability = self.viewer.add_image(
-            result.probability, name=f"{place['name']} membrane probability", colormap="magma", blending="additive",
+            result.probability, name=f"{image.name} membrane probability", colormap="magma", blending="additive",
             visible=False, **common,
         )  # fmt: skip
         table = result.table.copy()
         table.insert(0, "index", table["id"])
-        cells = self.viewer.add_labels(result.cells, name=f"{place['name']} cells", features=table, **common)
+        cells = self.viewer.add_labels(result.cells, name=f"{image.name} cells", features=table, **common)
         self.status.value = f"{len(table)} cells in {result.cells.shape[0]} section(s)"
         show_info(self.status.value)
         widget = self.cells_widget()
-        widget.image.value, widget.relief.value = place["image"], probability
+        widget.image.value, widget.relief.value = image, probability
         widget.show_cells(cells)
 
     def cells_widget(self) -> CellsWidget:
-        """The viewer's cells dock, opened if needed."""
+        """The viewer's cells dock (Plugins > emseg > Cells and table), opened if needed."""
         for widget in self.viewer.window.dock_widgets.values():
             if isinstance(widget, CellsWidget):
                 return widget
-        cells = CellsWidget(self.viewer)
-        self.viewer.window.add_dock_widget(cells, name="emseg cells", area="right")
-        return cells
+        _, widget = self.viewer.window.add_plugin_dock_widget("emseg", "Cells and table")
+        return widget
+
+
+class FeatureTableModel(QAbstractTableModel):
+    """A layer's features as a read-only Qt table, drawn row by row as shown (a volume has 10^5 cells)."""
+
+    def __init__(self, table=None) -> None:
+        super().__init__()
+        self.set_table(table)
+
+    def set_table(self, table) -> None:
+        self.beginResetModel()
+        self.columns = [column for column in table.columns if column != "index"] if table is not None else []
+        self.values = [table[column].to_numpy() for column in self.columns] if table is not None else []
+        self.rows = len(table) if table is not None else 0
+        self.endResetModel()
+
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008 (Qt's signature)
+        return 0 if parent.isValid() else self.rows
+
+    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.columns)
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+        if role != Qt.ItemDataRole.DisplayRole or not index.isValid():
+            return None
+        value = self.values[index.column()][index.row()]
+        return f"{value:.6g}" if isinstance(value, float | np.floating) else str(value)
+
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
+        if role != Qt.ItemDataRole.DisplayRole:
+            return None
+        return self.columns[section] if orientation == Qt.Orientation.Horizontal else str(section + 1)
 
 
 class CellsWidget(Container):
@@ -219,9 +270,9 @@ class CellsWidget(Container):
     the rows they change. Export writes the label stack and the table, complete or not at all.
     """
 
-    def __init__(self, viewer) -> None:
+    def __init__(self, napari_viewer) -> None:
         super().__init__()
-        self.viewer = viewer
+        self.viewer = viewer = napari_viewer
         self.cells = create_widget(annotation=Labels, label="cells")
         self.image = create_widget(annotation=Image, label="image")
         self.relief = create_widget(annotation=Image | None, label="relief")
@@ -233,7 +284,9 @@ class CellsWidget(Container):
         self.follow = CheckBox(text="go to the selected cell", value=True)
         self.export_button = PushButton(text="Export cells and table")
         self.status = Label(value="")
-        self.table = QTableWidget()
+        self.model = FeatureTableModel()
+        self.table = QTableView()
+        self.table.setModel(self.model)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setMinimumHeight(320)
@@ -242,11 +295,12 @@ class CellsWidget(Container):
             self.export_dir, self.export_name, self.export_button, self.status,
         ])  # fmt: skip
         self.native.layout().addWidget(self.table)
-        self.table.itemSelectionChanged.connect(self._rows_selected)
+        self.table.selectionModel().selectionChanged.connect(self._rows_selected)
         self.cells.changed.connect(self.show_cells)
         self.merge_button.changed.connect(self.merge)
         self.split_button.changed.connect(self.split)
         self.export_button.changed.connect(self.export)
+        self.native.destroyed.connect(lambda *_: self._release())
         self._layer: Labels | None = None
         self._syncing = False
         _follow_layers(self, viewer)
@@ -259,52 +313,58 @@ class CellsWidget(Container):
         if layer is not None and self.cells.value is not layer:
             self.cells.value = layer  # its change event shows it
             return
+        self._release()
+        self._layer = layer
+        if layer is not None:
+            layer.events.selected_label.connect(self._label_selected)
+            layer.mouse_drag_callbacks.append(self._on_click)
+        self.refresh_table()
+
+    def _release(self) -> None:
+        """Stops following the layer (another is shown, or the widget is closed)."""
         if self._layer is not None:
             self._layer.events.selected_label.disconnect(self._label_selected)
             if self._on_click in self._layer.mouse_drag_callbacks:
                 self._layer.mouse_drag_callbacks.remove(self._on_click)
-        self._layer = layer
-        if layer is None:
-            self.table.setRowCount(0)
-            return
-        layer.events.selected_label.connect(self._label_selected)
-        layer.mouse_drag_callbacks.append(self._on_click)
-        self.refresh_table()
+        self._layer = None
+
+    def _has_table(self) -> bool:
+        return self._layer is not None and "id" in self._layer.features.columns
 
     def refresh_table(self) -> None:
-        table = self._layer.features
-        columns = [column for column in table.columns if column != "index"]
         self._syncing = True
-        self.table.clear()
-        self.table.setColumnCount(len(columns))
-        self.table.setRowCount(len(table))
-        self.table.setHorizontalHeaderLabels(columns)
-        for column_index, column in enumerate(columns):
-            for row_index, value in enumerate(table[column].to_numpy()):
-                text = f"{value:.6g}" if isinstance(value, float | np.floating) else str(value)
-                self.table.setItem(row_index, column_index, QTableWidgetItem(text))
+        self.model.set_table(self._layer.features if self._has_table() else None)
         self._syncing = False
-        self.status.value = f"{len(table)} cells"
+        if self._layer is None:
+            self.status.value = ""
+        elif self._has_table():
+            self.status.value = f"{self.model.rowCount()} cells"
+        else:
+            self.status.value = f"{self._layer.name}: has no cell table (segment, or open a <name>_cells.csv)"
 
     def selected_ids(self) -> list[int]:
+        if not self._has_table():
+            return []
         ids = self._layer.features["id"].to_numpy()
         return [int(ids[index.row()]) for index in self.table.selectionModel().selectedRows()]
 
     def select_ids(self, ids: list[int], extend: bool = False) -> None:
         """Selects the rows of ``ids`` (added to the selection with ``extend``)."""
+        if not self._has_table():
+            return
         rows = np.flatnonzero(np.isin(self._layer.features["id"].to_numpy(), ids))
+        model, flags = self.table.selectionModel(), self.table.selectionModel().SelectionFlag
         self._syncing = True
         if not extend:
             self.table.clearSelection()
-        model, selection = self.table.selectionModel(), self.table.selectionModel().SelectionFlag
         for row in rows:
-            model.select(self.table.model().index(int(row), 0), selection.Select | selection.Rows)
+            model.select(self.model.index(int(row), 0), flags.Select | flags.Rows)
         if len(rows):
-            self.table.scrollToItem(self.table.item(int(rows[-1]), 0))
+            self.table.scrollTo(self.model.index(int(rows[-1]), 0))
         self._syncing = False
 
-    def _rows_selected(self) -> None:
-        if self._syncing or self._layer is None:
+    def _rows_selected(self, *_) -> None:
+        if self._syncing or not self._has_table():
             return
         ids = self.selected_ids()
         if not ids:
@@ -323,11 +383,11 @@ class CellsWidget(Container):
         self.viewer.camera.center = tuple(world[-2:])
 
     def _label_selected(self, _event=None) -> None:
-        if not self._syncing and self._layer.selected_label:
+        if not self._syncing and self._has_table() and self._layer.selected_label:
             self.select_ids([int(self._layer.selected_label)])
 
     def _on_click(self, layer: Labels, event) -> None:
-        if layer.mode != "pan_zoom":
+        if layer.mode != "pan_zoom" or not self._has_table():
             return
         value = layer.get_value(event.position, world=True)
         if value:
@@ -347,18 +407,20 @@ class CellsWidget(Container):
         layer = self._layer
         if image is None:
             raise proofreading.ProofreadingError(f"choose the {role} layer")
-        scale = np.asarray(image.scale[-3:], float) if image.ndim >= 3 else np.asarray((1.0, *image.scale), float)
-        translate = np.asarray(image.translate[-3:] if image.ndim >= 3 else (0.0, *image.translate), float)
-        offset = np.round((np.asarray(layer.translate[-3:], float) - translate) / scale).astype(int)
+        (scale, translate, _), (cells_translate) = _frame(image), _frame(layer)[1]
+        offset = np.round((cells_translate - translate) / scale).astype(int)
         data = image.data if image.ndim >= 3 else image.data[None]
         region = tuple(slice(start, start + size) for start, size in zip(offset, layer.data.shape, strict=True))
         if (offset < 0).any() or data[region].shape != layer.data.shape:
             raise proofreading.ProofreadingError(f"{image.name}: does not cover the cells of {layer.name}")
         return data[region]
 
-    def _remeasure(self, ids: list[int], z: int, removed: list[int]) -> None:
+    def _checked_table(self) -> None:
+        if not self._has_table():
+            raise proofreading.ProofreadingError("choose a cells layer with its table (segment, or open its CSV)")
+
+    def _remeasure(self, intensities, ids: list[int], z: int, removed: list[int]) -> None:
         layer = self._layer
-        intensities = self._in_cells_frame(self.image.value, "image")
         rows = proofreading.measure_cells(layer.data, intensities, ids, z, layer.metadata.get(PIXEL_SIZE_KEY))
         layer.features = proofreading.updated_table(layer.features, rows, removed)
         layer.refresh()
@@ -366,19 +428,22 @@ class CellsWidget(Container):
         self.select_ids(ids)
 
     def merge(self) -> None:
-        """Merges the selected cells (rows) into the first."""
+        """Merges the selected cells (rows) into the one with the smallest id."""
         try:
+            self._checked_table()
             ids = self.selected_ids()
+            intensities = self._in_cells_frame(self.image.value, "image")  # checked before anything changes
             kept, z = proofreading.merge_cells(self._editable(), ids)
-            self._remeasure([kept], z, [cell for cell in ids if cell != kept])
+            self._remeasure(intensities, [kept], z, [cell for cell in ids if cell != kept])
             self.status.value = f"merged {', '.join(map(str, sorted(ids)))} into {kept}"
         except Exception as error:
             self._fail(error)
 
     def split(self) -> None:
         """Splits the selected cell at the seed points, along the relief layer (the membrane probability; without
-        one, the dark membranes of the intensities)."""
+        one, the dark membranes of the image)."""
         try:
+            self._checked_table()
             ids = self.selected_ids()
             if len(ids) != 1:
                 raise proofreading.ProofreadingError(f"split: select one cell, got {len(ids)}")
@@ -386,20 +451,22 @@ class CellsWidget(Container):
                 raise proofreading.ProofreadingError("split: choose a Points layer with a point in each part")
             seeds_layer = self.seeds.value
             seeds = np.array([self._layer.world_to_data(seeds_layer.data_to_world(p)) for p in seeds_layer.data])
-            cells = self._editable()
-            z = proofreading.cell_section(cells, ids[0])
+            intensities = self._in_cells_frame(self.image.value, "image")
+            z = int(self._layer.features.loc[self._layer.features["id"] == ids[0], "section"].iloc[0])
             if self.relief.value is not None:
                 relief = np.asarray(self._in_cells_frame(self.relief.value, "relief")[z], dtype=float)
             else:  # membranes are dark
-                relief = -np.asarray(self._in_cells_frame(self.image.value, "image")[z], dtype=float)
-            parts = proofreading.split_cell(cells, ids[0], seeds, relief)
-            self._remeasure(parts, z, [])
+                relief = -np.asarray(intensities[z], dtype=float)
+            parts = proofreading.split_cell(self._editable(), ids[0], seeds, relief)
+            self._remeasure(intensities, parts, z, [])
             self.status.value = f"split {ids[0]} into {', '.join(map(str, parts))}"
         except Exception as error:
             self._fail(error)
 
     def export(self) -> list[Path] | None:
+        """Writes the cells and their table to the chosen folder; returns the files (None when refused)."""
         try:
+            self._checked_table()
             folder = self.export_dir.value
             if folder is None:
                 raise ValueError("export: choose a folder to export to")

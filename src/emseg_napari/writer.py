@@ -43,8 +43,10 @@ def write_cells(folder: str | Path, name: str, cells: np.ndarray, table, pixel_s
         for source, target in zip(temporary, targets, strict=True):
             writing = target
             os.replace(source, target)
-    except OSError as error:
+    except BaseException as error:
         for path in temporary:
             path.unlink(missing_ok=True)
-        raise OSError(f"{writing}: cannot write ({error.strerror or error})") from error
+        if isinstance(error, OSError):
+            raise OSError(f"{writing}: cannot write ({error.strerror or error})") from error
+        raise
     return targets
