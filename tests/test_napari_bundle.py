@@ -30,7 +30,7 @@ def test_a_missing_bundle_is_named_in_one_line(tmp_path, monkeypatch):
 def test_a_closed_run_leaves_no_folder_and_a_finished_one_returns_the_layers(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the run's scratch folder, watched here
     path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, tifffile.imread(DATA / "test-volume.tif")[:3, :96, :128])
+    tifffile.imwrite(path, tifffile.imread(DATA / "test-volume.tif")[:3, :96, :128], photometric="minisblack")
     unet, weights = NETWORKS[0], BUNDLE / "models" / "model.pt"
     steps = segmentation_steps(np.zeros((3, 96, 128)), unet, weights, "cpu", source=path)
     assert next(steps) == (1, 3)

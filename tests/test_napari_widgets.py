@@ -52,7 +52,7 @@ def test_the_segment_widget_gives_the_cells_and_table_of_run_inferring(viewer, s
     probability = viewer.layers[f"{sample.name} membrane probability"]
     assert widget.status.value == f"{len(cells.features)} cells in 2 section(s)"
 
-    tifffile.imwrite(tmp_path / "crop.tif", np.asarray(sample.data))
+    tifffile.imwrite(tmp_path / "crop.tif", np.asarray(sample.data), photometric="minisblack")
     command = [
         sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", "configs/inference.json",
         "--input_path", str(tmp_path / "crop.tif"), "--output_dir", str(tmp_path), "--pixel_size", "[4.0,4.0]",
@@ -151,7 +151,7 @@ def corrected(viewer, tmp_path):
     cells[0, 5:30, 5:30], cells[0, 5:30, 31:60], cells[0, 35:60, 5:60], cells[1, 10:50, 10:50] = 1, 2, 3, 4
     from emseg_napari.writer import write_cells
 
-    tifffile.imwrite(tmp_path / "stack.tif", images)
+    tifffile.imwrite(tmp_path / "stack.tif", images, photometric="minisblack")
     write_cells(tmp_path, "stack", cells, pd.DataFrame(cell_table(cells, images, (4.0, 4.0))), (4.0, 4.0))
     [(data, attributes, _)] = read_stack(tmp_path / "stack.tif")
     image = viewer.add_image(np.asarray(data), **attributes)

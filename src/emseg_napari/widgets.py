@@ -300,9 +300,9 @@ class CellsWidget(Container):
         self.merge_button.changed.connect(self.merge)
         self.split_button.changed.connect(self.split)
         self.export_button.changed.connect(self.export)
-        self.native.destroyed.connect(lambda *_: self._release())
         self._layer: Labels | None = None
         self._syncing = False
+        self.native.destroyed.connect(lambda *_: self._release())
         _follow_layers(self, viewer)
         if self.cells.value is not None:
             self.show_cells(self.cells.value)
@@ -321,11 +321,13 @@ class CellsWidget(Container):
         self.refresh_table()
 
     def _release(self) -> None:
-        """Stops following the layer (another is shown, or the widget is closed)."""
-        if self._layer is not None:
-            self._layer.events.selected_label.disconnect(self._label_selected)
-            if self._on_click in self._layer.mouse_drag_callbacks:
-                self._layer.mouse_drag_callbacks.remove(self._on_click)
+        """Stops following the layer (another is shown, or the widget is closed: Qt may then call this while Python
+        already tears the widget down, so nothing here may assume its attributes)."""
+        layer = getattr(self, "_layer", None)
+        if layer is not None:
+            layer.events.selected_label.disconnect(self._label_selected)
+            if self._on_click in layer.mouse_drag_callbacks:
+                layer.mouse_drag_callbacks.remove(self._on_click)
         self._layer = None
 
     def _has_table(self) -> bool:
