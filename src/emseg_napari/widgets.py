@@ -382,7 +382,7 @@ class CellsWidget(Container):
         position = (row["section"], row["centroid_y_px"], row["centroid_x_px"])
         world = self._layer.data_to_world(np.asarray(position, dtype=float))
         self.viewer.dims.set_point(range(len(world) - 2), world[:-2])
-        self.viewer.camera.center = tuple(world[-2:])
+        self.viewer.scene.camera.center = tuple(world[-2:])
 
     def _label_selected(self, _event=None) -> None:
         if not self._syncing and self._has_table() and self._layer.selected_label:
