@@ -32,6 +32,7 @@ __all__ = [
     "shipped_networks",
     "network_for_weights",
     "inference_config",
+    "output_name",
     "segmentation_steps",
 ]
 

@@ -18,7 +18,9 @@ import numpy as np
 
 from .bundle import scripts_module
 
-__all__ = ["get_reader", "read_stack", "read_cell_table", "cell_features", "layer_scale", "PIXEL_SIZE_KEY"]
+__all__ = [
+    "get_reader", "read_stack", "read_cell_table", "cell_features", "layer_scale", "PIXEL_SIZE_KEY", "SOURCE_KEY",
+]  # fmt: skip
 
 #: the layer metadata key of the (y, x) pixel size in nm, read by the segment widget
 PIXEL_SIZE_KEY = "emseg_pixel_size_nm"

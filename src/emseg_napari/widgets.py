@@ -33,7 +33,7 @@ from . import proofreading
 from .bundle import Network, network_for_weights, scripts_module, segmentation_steps, shipped_networks
 from .reader import PIXEL_SIZE_KEY, SOURCE_KEY
 
-__all__ = ["SegmentWidget", "CellsWidget", "region_of"]
+__all__ = ["SegmentWidget", "CellsWidget", "FeatureTableModel", "SegmentationFailed", "region_of"]
 
 SECTIONS = ("all sections", "current section")
 
