@@ -27,6 +27,7 @@ from .flags import flag
 
 __all__ = [
     "latest_checkpoint",
+    "read_state_dict",
     "BestMetricState",
     "GradScalerState",
     "AverageWarmupState",
@@ -315,12 +316,11 @@ def _channels_hint(expected: dict, found: dict) -> str:
     return "".join(f"; {hint}" for hint in hints)
 
 
-def load_weights(network: torch.nn.Module, path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """Load a model file (a state dict, plain or under a ``"model"`` key) into ``network``, strictly.
+def read_state_dict(path: str | Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """A model file's state dict, plain or under a ``"model"`` key, never unpickled as arbitrary objects.
 
     Raises:
-        InputError: naming the file, when it is missing, is not PyTorch weights, holds NaN or infinite values, or
-            does not fit ``network`` (missing, unexpected or differently shaped tensors: never a partial load).
+        InputError: naming the file, when it is missing, is not PyTorch weights or is not a state dict of tensors.
     """
     path = Path(path)
     if not path.is_file():
@@ -333,6 +333,17 @@ def load_weights(network: torch.nn.Module, path: str | Path, device: torch.devic
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise InputError(f"{path}: is not a state dict of tensors (torch.save(network.state_dict(), path) writes one)")
+    return state
+
+
+def load_weights(network: torch.nn.Module, path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Load a model file (:func:`read_state_dict`) into ``network``, strictly.
+
+    Raises:
+        InputError: naming the file, when it is missing, is not PyTorch weights, holds NaN or infinite values, or
+            does not fit ``network`` (missing, unexpected or differently shaped tensors: never a partial load).
+    """
+    state = read_state_dict(path, device)
     broken = [name for name, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
     if broken:
         raise InputError(f"{path}: weights hold NaN or infinite values ({', '.join(broken[:3])})")

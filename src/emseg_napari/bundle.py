@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -115,15 +115,9 @@ def _network_shapes(network: Network) -> dict[str, tuple[int, ...]]:
 def network_for_weights(path: str | Path) -> Network | None:
     """The first of :data:`NETWORKS` whose tensors the weights file ``path`` holds exactly (names and shapes), or
     None (an unreadable file too; the run then reports why in its own line)."""
-    import torch
-
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
+        state = scripts_module("checkpoints").read_state_dict(path)
+    except scripts_module("errors").InputError:
         return None
     shapes = _state_shapes(state)
     return next((network for network in NETWORKS if _network_shapes(network) == shapes), None)
@@ -143,13 +137,13 @@ def inference_config(network: Network, overrides: dict):
 
 @dataclass
 class SegmentationResult:
-    """What a run gives the viewer: the membrane probability and the cells, (Z, H, W), and the cell table."""
+    """What a run gives the viewer: the membrane probability and the cells, (Z, H, W), and the cell table as the
+    cells layer's features (:func:`emseg_napari.reader.cell_features`)."""
 
     probability: np.ndarray
     cells: np.ndarray
     table: object  # pandas.DataFrame, one row per cell
     pixel_size: tuple[float, float] | None
-    files: list[Path] = field(default_factory=list)
 
 
 def _input_stack(image, source: Path | None, region: tuple[slice, slice, slice] | None, pixel_size, path: Path) -> Path:
@@ -203,8 +197,9 @@ def segmentation_steps(
         name: the layer's name, the base name of the outputs (``<name>_cells.tif``, ...).
         overrides: further config overrides (``{"cells#method": "watershed"}``).
     """
-    import pandas as pd
     import tifffile
+
+    from .reader import cell_features  # the reader builds on this module
 
     with tempfile.TemporaryDirectory(prefix="emseg-napari-") as scratch:
         scratch = Path(scratch)
@@ -237,7 +232,6 @@ def segmentation_steps(
         return SegmentationResult(
             probability=tifffile.imread(files[f"{name}_membrane_probability.tif"]).reshape(shape),
             cells=tifffile.imread(files[f"{name}_cells.tif"]).reshape(shape),
-            table=pd.read_csv(files[f"{name}_cells.csv"]),
+            table=cell_features(files[f"{name}_cells.csv"]),
             pixel_size=inference.table.pixel_size,
-            files=list(inference.written) if output_dir is not None else [],
         )

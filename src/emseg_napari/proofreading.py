@@ -54,7 +54,9 @@ def merge_cells(cells: np.ndarray, ids: Sequence[int]) -> tuple[int, int]:
     return ids[0], z
 
 
-def split_cell(cells: np.ndarray, cell_id: int, seeds: np.ndarray, relief: np.ndarray) -> list[int]:
+def split_cell(
+    cells: np.ndarray, cell_id: int, seeds: np.ndarray, relief: np.ndarray, z: int | None = None
+) -> list[int]:
     """Splits ``cell_id`` in place into one cell per seed: a watershed of ``relief`` (high on membranes, e.g. the
     membrane probability) inside the cell, flooded from the seeds.
 
@@ -63,11 +65,12 @@ def split_cell(cells: np.ndarray, cell_id: int, seeds: np.ndarray, relief: np.nd
         cell_id: the cell to split.
         seeds: (N, 3) (z, y, x) pixel positions, N >= 2, inside the cell; the first seed's part keeps ``cell_id``.
         relief: (H, W) of the cell's section, or (Z, H, W).
+        z: the cell's section when known (its table row), else found by searching the sections.
 
     Returns:
         the ids of the parts, ``cell_id`` first; the others are new (above every id of ``cells``).
     """
-    z = cell_section(cells, cell_id)
+    z = cell_section(cells, cell_id) if z is None else z
     seeds = np.round(np.asarray(seeds, dtype=float)).astype(int).reshape(-1, 3)
     inside = [
         (y, x) for sz, y, x in seeds

@@ -211,10 +211,8 @@ class SegmentWidget(Container):
             result.probability, name=f"{image.name} membrane probability", colormap="magma", blending="additive",
             visible=False, **common,
         )  # fmt: skip
-        table = result.table.copy()
-        table.insert(0, "index", table["id"])
-        cells = self.viewer.add_labels(result.cells, name=f"{image.name} cells", features=table, **common)
-        self.status.value = f"{len(table)} cells in {result.cells.shape[0]} section(s)"
+        cells = self.viewer.add_labels(result.cells, name=f"{image.name} cells", features=result.table, **common)
+        self.status.value = f"{len(result.table)} cells in {result.cells.shape[0]} section(s)"
         show_info(self.status.value)
         widget = self.cells_widget()
         widget.image.value, widget.relief.value = image, probability
@@ -459,7 +457,7 @@ class CellsWidget(Container):
                 relief = np.asarray(self._in_cells_frame(self.relief.value, "relief")[z], dtype=float)
             else:  # membranes are dark
                 relief = -np.asarray(intensities[z], dtype=float)
-            parts = proofreading.split_cell(self._editable(), ids[0], seeds, relief)
+            parts = proofreading.split_cell(self._editable(), ids[0], seeds, relief, z)
             self._remeasure(intensities, parts, z, [])
             self.status.value = f"split {ids[0]} into {', '.join(map(str, parts))}"
         except Exception as error:
