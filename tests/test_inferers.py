@@ -1,11 +1,68 @@
-"""Test-time augmentation inferer: the exact symmetry it promises, checked against views written out by hand."""
+"""The configs' inferers: the sliding window fitted to small images, which never shows the network padding that is
+not the image; test-time augmentation, with the exact symmetry it promises checked against views written out by
+hand."""
 
 import pytest
 import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 
 from scripts.errors import InputError
-from scripts.inferers import DihedralAverageInferer, with_test_time_augmentation
+from scripts.inferers import DihedralAverageInferer, FittedWindowInferer, with_test_time_augmentation
+
+
+def fitted(roi=(512, 512), multiple=16) -> FittedWindowInferer:
+    return FittedWindowInferer(roi, size_multiple=multiple, sw_batch_size=1, overlap=0.25, mode="gaussian")
+
+
+@pytest.mark.parametrize(
+    ("size", "window"),
+    [
+        ((16, 16), (32, 32)),  # two multiples at least: the deepest level keeps 2 x 2 pixels to normalise
+        ((64, 64), (64, 64)),
+        ((100, 100), (112, 112)),
+        ((358, 358), (368, 368)),
+        ((511, 511), (512, 512)),
+        ((200, 512), (208, 512)),
+        ((513, 1000), (512, 512)),
+    ],
+)
+def test_the_window_fits_an_image_shorter_than_it_rounded_up_to_the_network_multiple(size, window):
+    assert fitted().window(size) == window
+
+
+def test_the_network_sees_the_image_and_its_mirror_never_zeros():
+    """MONAI's own window pads a short axis with zeros; the fitted one gives the network only image pixels."""
+    seen = []
+
+    def network(x):
+        seen.append((tuple(x.shape[2:]), float(x.min())))
+        return x
+
+    image = 1 + torch.rand(1, 1, 100, 37)
+    SlidingWindowInferer((512, 512), overlap=0.25)(image, network)
+    assert seen.pop() == ((512, 512), 0.0)  # the old behaviour, which this inferer exists to avoid
+    output = fitted()(image, network)
+    [(shape, smallest)] = seen
+    assert shape == (112, 48) and smallest >= 1
+    torch.testing.assert_close(output, image)
+
+
+def test_an_image_as_large_as_the_window_is_windowed_exactly_as_by_monai():
+    network = orientation_dependent_network()
+    image = torch.rand(1, 1, 90, 70)
+    with torch.no_grad():
+        expected = SlidingWindowInferer((32, 32), overlap=0.25, mode="gaussian")(image, network)
+        torch.testing.assert_close(fitted((32, 32), 8)(image, network), expected, rtol=0, atol=0)
+
+
+def test_a_window_the_network_cannot_take_or_an_image_too_small_for_it_is_refused():
+    with pytest.raises(InputError, match=r"--inference_roi \[500, 500\]: every side must be a positive multiple of 16"):
+        fitted((500, 500))
+    with pytest.raises(InputError, match="an image of 12 x 100 pixels: every side must be at least 16 pixels"):
+        fitted()(torch.rand(1, 1, 12, 100), lambda x: x)
+    with pytest.raises(TypeError, match="pads by reflection only; 'padding_mode'"):
+        FittedWindowInferer((512, 512), 16, padding_mode="constant")
+
 
 # The 8 symmetries of the square as (view, undo) pairs, written independently of the inferer's rot90-then-flip loop:
 # the identity, three quarter turns, two mirrors and the two diagonal reflections (transposes), each undone by its

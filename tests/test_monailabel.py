@@ -35,6 +35,7 @@ pytestmark = pytest.mark.skipif(
     "requirements/monailabel.txt (docs/monailabel.md; .ci/run builds it when the disk has room)",
 )
 SECTIONS = (0, 1, 2)  # training sections of the shipped stack, served as PNG studies
+CROP = (slice(100, 300), slice(50, 350))  # a 200 x 300 region of section 0, smaller than the 512 window, served too
 STARTUP_TIMEOUT_S = 300
 
 
@@ -117,6 +118,7 @@ def server(tmp_path_factory):
     volume = tifffile.imread(DATA / "train-volume.tif")
     for z in SECTIONS:
         Image.fromarray(volume[z]).save(studies / f"section_{z:02d}.png")
+    Image.fromarray(volume[0][CROP]).save(studies / "crop_00.png")
 
     port = _free_port()
     log_path = root / "server.log"
@@ -181,6 +183,17 @@ def test_inference_returns_the_bundles_membrane_mask_at_the_slice_size(server):
     # (the margin allows pixels at the threshold to flip between this torch build and the server's)
     assert (mask == _bundle_label_map(server.studies / "section_00.png").T).mean() > 0.999
     truth = (tifffile.imread(DATA / "train-labels.tif")[0] == 0).astype(np.uint8)  # 1 = membrane
+    assert _agreement(mask, truth) >= _constant_mask_agreement(truth) + MARGIN
+
+
+def test_an_image_smaller_than_the_window_is_segmented_as_inside_its_section(server):
+    """A 200 x 300 image gets the bundle's mask, nearly the section's own on those pixels (MONAI's zero padding up to
+    the 512 window, the bundle's inferer before 0.17.0, gave a mask that ignores the image)."""
+    mask = _infer(server.url, "crop_00")
+    assert mask.shape == (200, 300)
+    assert (mask == _bundle_label_map(server.studies / "crop_00.png").T).mean() > 0.999
+    assert _agreement(mask, _infer(server.url, "section_00")[CROP]) > 0.95
+    truth = (tifffile.imread(DATA / "train-labels.tif")[0][CROP] == 0).astype(np.uint8)
     assert _agreement(mask, truth) >= _constant_mask_agreement(truth) + MARGIN
 
 

@@ -13,7 +13,7 @@ from scripts.blockwise import Block, context_sections, plan_blocks, prediction_r
 from scripts.cell_table import CellTable, section_table
 from scripts.cells import CellLabeller
 from scripts.errors import InputError
-from scripts.inferers import DihedralAverageInferer
+from scripts.inferers import DihedralAverageInferer, FittedWindowInferer
 from scripts.pipeline import SectionPredictor, label_block, predict_block, process_block
 from scripts.stack_io import read_stack
 from scripts.transforms import MembraneFromAffinitiesd, ScaleSectionIntensityd, SectionContextd
@@ -149,3 +149,66 @@ def test_the_inference_config_builds_its_predictor_from_its_declared_pieces():
     assert predictor.inferer is config.get_parsed_content("inferer")
     assert predictor.postprocessing is config.get_parsed_content("postprocessing")
     assert predictor.network is config.get_parsed_content("network") and not predictor.amp
+
+
+#: sides of crops cut from the centre of an ISBI section (512 x 512)
+SMALL_SECTIONS = [(64, 64), (100, 100), (256, 256), (384, 384), (511, 511), (200, 512)]
+MARGIN = 32  # a crop's pixels this close to its border lack the context they have inside the section
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """inference.json's predictor with the shipped weights (eager fp32), validation section 20, its probability, and
+    how far that moves when the section moves by one pixel: the mean absolute difference on the pixels both share
+    (a 512 window, nothing padded; stride-2 convolutions are not shift-equivariant)."""
+    from scripts.checkpoints import load_weights
+
+    config = bundle_config(["configs/inference.json"], {"device": "cpu", "backend": "eager"})
+    load_weights(config.get_parsed_content("network"), config.get_parsed_content("model_path"), "cpu")
+    section = read_stack(DATA / "train-volume.tif")[20]
+    predictor = config.get_parsed_content("predictor")
+    whole = predictor(section)
+    moved = predictor(np.pad(section, ((0, 1), (0, 1)), mode="reflect")[1:, 1:])[:-1, :-1]
+    return predictor, section, whole, float(np.abs(moved - whole[1:, 1:]).mean())
+
+
+def with_inferer(predictor: SectionPredictor, inferer) -> SectionPredictor:
+    return SectionPredictor(predictor.network, inferer, predictor.preprocessing, predictor.postprocessing)
+
+
+@pytest.mark.parametrize("size", SMALL_SECTIONS, ids=lambda size: f"{size[0]}x{size[1]}")
+def test_a_small_section_is_predicted_as_inside_the_whole_section(shipped, size):
+    """A crop's membrane probability against the same pixels' in the whole section: the mean absolute difference,
+    at least ``MARGIN`` pixels from the crop's border where the crop has such pixels.
+
+    The tolerance is how much the network's answer moves anyway, with nothing padded: twice what the window's size
+    alone changes (the whole section predicted with the crop's window against the 512 window, on the crop's pixels:
+    the context a window sees and the statistics instance norm takes over it), plus what a one-pixel move of the
+    section changes. bench/small_sections.py measures the crops against the first on sections 18-23 (0.7-2.0
+    times it). MONAI's zero padding, which the configs used before, falls outside the tolerance from 100 pixels up;
+    at 64 pixels a window sees so little that its size alone can change the answer as much on some sections."""
+    predictor, section, whole, moved = shipped
+    starts = [(n - s) // 2 for n, s in zip(section.shape, size, strict=True)]
+    region = tuple(slice(start, start + s) for start, s in zip(starts, size, strict=True))
+    inner = tuple(slice(MARGIN, -MARGIN) if s > 2 * MARGIN + 16 else slice(None) for s in size)
+
+    def difference(probability: np.ndarray) -> float:
+        return float(np.abs(probability[inner] - whole[region][inner]).mean())
+
+    window = FittedWindowInferer(
+        predictor.inferer.window(size), predictor.inferer.size_multiple, overlap=0.25, mode="gaussian"
+    )
+    tolerance = 2 * difference(with_inferer(predictor, window)(section)[region]) + moved
+    assert difference(predictor(section[region])) <= tolerance
+    if 100 <= min(size) < 511:
+        zeros = SlidingWindowInferer(predictor.roi, overlap=0.25, mode="gaussian")
+        assert difference(with_inferer(predictor, zeros)(section[region])) > tolerance  # the fault this guards
+
+
+def test_a_section_one_pixel_longer_than_the_window_is_windowed_without_padding(shipped):
+    """513 pixels: two 512 windows per axis, one pixel apart, all image; its first 512 rows and columns differ from
+    the section's by less than the one-pixel move does."""
+    predictor, section, whole, moved = shipped
+    grown = np.pad(section, ((0, 1), (0, 1)), mode="reflect")
+    assert predictor.inferer.window(grown.shape) == predictor.roi
+    assert float(np.abs(predictor(grown)[:512, :512] - whole).mean()) <= moved

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -35,6 +34,7 @@ import torch
 from .blockwise import context_sections
 from .errors import InputError
 from .flags import flag
+from .networks import size_multiple
 from .pipeline import SectionPredictor
 from .transforms import FULL_RANGE
 
@@ -140,7 +140,7 @@ def size_constraint(network: torch.nn.Module, halo: int) -> tuple[int, int]:
     4 steps and at least ``2 * halo + 64``: the deepest level keeps 4 x 4 pixels for its normalisation, and a tile
     keeps 64 pixels once its halo is cropped.
     """
-    step = int(math.prod(network.strides)) if hasattr(network, "strides") else int(network.min_size)
+    step = size_multiple(network)
     smallest = max(4 * step, 2 * halo + 64)
     return -(-smallest // step) * step, step
 
@@ -288,8 +288,9 @@ class BioimageioExport:
         yx = [spec.AxisId("y"), spec.AxisId("x")]
         inputs = spec.InputTensorDescr(
             id=raw_id,
-            description="an EM section (or the sections around it, for section context), any range (scaled to [0, 1] "
-            "per channel)",
+            description=f"an EM section (or the sections around it, for section context), any range (scaled to [0, 1] "
+            f"per channel), {smallest} + {step} n pixels per side: pad a smaller or odd-sized section by mirroring "
+            "it, never with zeros (the network normalises each input by its own statistics, which zeros distort)",
             axes=[
                 spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in self.channel_names()]),
                 *(spec.SpaceInputAxis(id=axis, size=spec.ParameterizedSize(min=smallest, step=step), unit="nanometer",

@@ -128,7 +128,8 @@ def context_sections(z: int, context: int, depth: int) -> list[int]:
 
 def window_starts(size: int, roi: int, overlap: float) -> np.ndarray:
     """Where MONAI's sliding window starts its windows along an axis of ``size`` pixels (the last one is moved
-    back to end at the border; an axis shorter than the window is padded to one window at 0)."""
+    back to end at the border; an axis no longer than the window is one window at 0, fitted to it by
+    :class:`scripts.inferers.FittedWindowInferer`)."""
     if size <= roi:
         return np.zeros(1, dtype=int)
     interval = max(int(roi * (1 - overlap)), 1)  # MONAI's scan interval for an axis longer than the window

@@ -1,15 +1,74 @@
-"""Test-time augmentation over the 8 symmetries of the square, as a MONAI inferer, and the switch that turns it on."""
+"""The inferers of the configs: MONAI's sliding window fitted to images smaller than its window, and test-time
+augmentation over the 8 symmetries of the square with the switch that turns it on."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.inferers import Inferer
+from monai.inferers import Inferer, SlidingWindowInferer
 
+from .errors import InputError
 from .flags import flag
 
-__all__ = ["DihedralAverageInferer", "with_test_time_augmentation"]
+__all__ = ["FittedWindowInferer", "DihedralAverageInferer", "with_test_time_augmentation"]
+
+
+class FittedWindowInferer(SlidingWindowInferer):
+    """MONAI's sliding window, with the window fitted to an image shorter than it: the network never sees padding
+    that is not the image itself.
+
+    MONAI pads an image axis shorter than the window with zeros up to the window. A network that normalises each
+    window by its own statistics (instance norm, as the configs' U-Net) then normalises the image together with
+    a band of zeros, and its output on the image collapses. Here the window along such an axis shrinks to the
+    image, rounded up to ``size_multiple`` (the network's total downsampling) and to at least two multiples (two
+    pixels at the deepest level, for its normalisation); the few pixels of rounding are the image mirrored
+    (``padding_mode="reflect"``). Axes at least as long as the window are windowed as by MONAI, so a region of a
+    larger image (:func:`scripts.blockwise.prediction_region`) places exactly the windows it has in the image.
+
+    Args:
+        roi_size: the window (height, width), each a multiple of ``size_multiple``.
+        size_multiple: the input sizes the network takes are multiples of this (:func:`scripts.networks.size_multiple`).
+        kwargs: the other arguments of ``SlidingWindowInferer`` (``sw_batch_size``, ``overlap``, ``mode``, ...),
+            except ``padding_mode`` and ``cval``.
+
+    Inputs ``(B, C, H, W)`` with ``H, W >= size_multiple``; outputs the network's ``(B, C', H, W)``.
+    """
+
+    def __init__(self, roi_size: Sequence[int] | int, size_multiple: int = 1, **kwargs: Any) -> None:
+        for fixed in ("padding_mode", "cval"):
+            if fixed in kwargs:
+                raise TypeError(f"FittedWindowInferer pads by reflection only; {fixed!r} is not an argument")
+        super().__init__(roi_size, padding_mode="reflect", **kwargs)
+        self.size_multiple = int(size_multiple)
+        self._arguments = {**kwargs, "padding_mode": "reflect"}
+        roi = [int(side) for side in roi_size] if isinstance(roi_size, Sequence) else [int(roi_size)] * 2
+        if self.size_multiple < 1 or any(side < 1 or side % self.size_multiple for side in roi):
+            raise InputError(
+                f"--inference_roi {roi}: every side must be a positive multiple of {self.size_multiple}, the sizes "
+                "the network takes"
+            )
+        self.roi = tuple(roi)
+
+    def window(self, image_size: Sequence[int]) -> tuple[int, ...]:
+        """The window for an image of ``image_size`` (H, W): the configured one, with each side longer than the
+        image fitted to it (see the class)."""
+        multiple, fitted = self.size_multiple, []
+        for size, side in zip(image_size, self.roi, strict=True):
+            if size < multiple:
+                raise InputError(
+                    f"an image of {' x '.join(str(int(s)) for s in image_size)} pixels: every side must be at least "
+                    f"{multiple} pixels for this network"
+                )
+            fitted.append(min(side, max(2 * multiple, -(-int(size) // multiple) * multiple)))
+        return tuple(fitted)
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
+        roi = self.window(inputs.shape[2:])
+        if roi == self.roi:
+            return super().__call__(inputs, network, *args, **kwargs)
+        return SlidingWindowInferer(roi, **self._arguments)(inputs, network, *args, **kwargs)
 
 
 class DihedralAverageInferer(Inferer):

@@ -15,6 +15,7 @@ the widths stay bounded.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -23,7 +24,15 @@ from monai.networks.blocks import ADN, Convolution
 from monai.networks.layers import Conv, Dropout, Pool
 from torch import nn
 
-__all__ = ["SegNet", "USegNet", "DenseBlock", "Tiramisu"]
+__all__ = ["size_multiple", "SegNet", "USegNet", "DenseBlock", "Tiramisu"]
+
+
+def size_multiple(network: nn.Module) -> int:
+    """The input sizes ``network`` takes per spatial axis are multiples of this, its total downsampling: the product
+    of a MONAI ``UNet``'s strides; ``min_size`` (``2 ** stages``) of SegNet, U-SegNet and Tiramisu; 1 otherwise."""
+    if hasattr(network, "strides"):
+        return int(math.prod(int(stride) for stride in network.strides))
+    return int(getattr(network, "min_size", 1))
 
 
 def check_spatial_size(x: torch.Tensor, name: str, spatial_dims: int, min_size: int, why: str) -> None:
