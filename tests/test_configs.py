@@ -279,7 +279,7 @@ def test_evaluate_with_a_given_threshold_and_test_time_augmentation(trained, tin
     config = bundle_config(["configs/train.json", "configs/evaluate.json"], {"test_time_augmentation": True})
     inferer = config.get_parsed_content("validate#inferer")  # the calibration's and the test sections' inferer
     assert (
-        type(inferer).__name__ == "DihedralAverageInferer" and type(inferer.inferer).__name__ == "SlidingWindowInferer"
+        type(inferer).__name__ == "DihedralAverageInferer" and type(inferer.inferer).__name__ == "FittedWindowInferer"
     )
 
 

@@ -288,9 +288,9 @@ class BioimageioExport:
         yx = [spec.AxisId("y"), spec.AxisId("x")]
         inputs = spec.InputTensorDescr(
             id=raw_id,
-            description=f"an EM section (or the sections around it, for section context), any range (scaled to [0, 1] "
-            f"per channel), {smallest} + {step} n pixels per side: pad a smaller or odd-sized section by mirroring "
-            "it, never with zeros (the network normalises each input by its own statistics, which zeros distort)",
+            # at most 128 characters (the spec's limit)
+            description=f"EM section(s), any range; sides of {smallest} + {step} n px: pad a smaller section by "
+            "mirroring it, never with zeros",
             axes=[
                 spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in self.channel_names()]),
                 *(spec.SpaceInputAxis(id=axis, size=spec.ParameterizedSize(min=smallest, step=step), unit="nanometer",
