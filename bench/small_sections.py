@@ -3,12 +3,11 @@
 MONAI's sliding window pads an axis shorter than its 512-pixel window with zeros, and the U-Net's instance norm then
 normalises the section together with that band of zeros. Three ways to give a small section to the network:
 
-* ``zeros``: MONAI's default (``SlidingWindowInferer``, constant 0), the bundle's behaviour up to 0.16.0;
+* ``zeros``: MONAI's default (``SlidingWindowInferer``, constant 0);
 * ``reflect_to_window``: the section mirrored (numpy's ``reflect``, repeated where the window is more than twice
   the section) out to the whole 512 window;
 * ``fitted``: the window fitted to the section, rounded up to the network's multiple of 16 with the section
-  mirrored over the few pixels of rounding (:class:`scripts.inferers.FittedWindowInferer`, the bundle's from
-  0.17.0).
+  mirrored over the few pixels of rounding (:class:`scripts.inferers.FittedWindowInferer`).
 
 Two measurements choose between them, on the validation sections 18-23 with fold 4's weights (trained on 0-17):
 
@@ -43,6 +42,7 @@ import machine  # noqa: E402
 from scripts.datalists import load_labelled_stack, split_sections  # noqa: E402
 from scripts.inferers import FittedWindowInferer  # noqa: E402
 from scripts.metrics import cell_scores  # noqa: E402
+from scripts.networks import size_multiple  # noqa: E402
 from scripts.pipeline import SectionPredictor  # noqa: E402
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
@@ -85,7 +85,7 @@ def predictors(model_path: Path) -> tuple[dict[str, SectionPredictor], object]:
     inferers = {
         "zeros": SlidingWindowInferer(ROI, sw_batch_size=1, overlap=0.25, mode="gaussian"),
         "reflect_to_window": ReflectToWindow(ROI),
-        "fitted": FittedWindowInferer(ROI, size_multiple=16, sw_batch_size=1, overlap=0.25, mode="gaussian"),
+        "fitted": FittedWindowInferer(ROI, size_multiple(network), sw_batch_size=1, overlap=0.25, mode="gaussian"),
     }
     built = {
         name: SectionPredictor(network, inferer, parts[0], parts[1], "cpu", backend="eager")
@@ -111,7 +111,7 @@ def crop_agreement(items: list[dict], predictors: dict[str, SectionPredictor]) -
     windows = {
         size: SectionPredictor(
             predictors["fitted"].network,
-            FittedWindowInferer(fitted.window(size), 16, sw_batch_size=1, overlap=0.25, mode="gaussian"),
+            FittedWindowInferer(fitted.window(size), fitted.size_multiple, overlap=0.25, mode="gaussian"),
             predictors["fitted"].preprocessing,
             predictors["fitted"].postprocessing,
             "cpu",

@@ -40,7 +40,7 @@ def test_the_network_sees_the_image_and_its_mirror_never_zeros():
 
     image = 1 + torch.rand(1, 1, 100, 37)
     SlidingWindowInferer((512, 512), overlap=0.25)(image, network)
-    assert seen.pop() == ((512, 512), 0.0)  # the old behaviour, which this inferer exists to avoid
+    assert seen.pop() == ((512, 512), 0.0)  # zeros, which instance norm takes into its statistics
     output = fitted()(image, network)
     [(shape, smallest)] = seen
     assert shape == (112, 48) and smallest >= 1
@@ -56,10 +56,13 @@ def test_an_image_as_large_as_the_window_is_windowed_exactly_as_by_monai():
 
 
 def test_a_window_the_network_cannot_take_or_an_image_too_small_for_it_is_refused():
-    with pytest.raises(InputError, match=r"--inference_roi \[500, 500\]: every side must be a positive multiple of 16"):
-        fitted((500, 500))
-    with pytest.raises(InputError, match="an image of 12 x 100 pixels: every side must be at least 16 pixels"):
+    for roi in ((500, 500), (16, 512), (512, 512, 512)):
+        with pytest.raises(InputError, match=r"--inference_roi \[.*\]: must be 2 sides, each a multiple of 16 .* 32"):
+            fitted(roi)
+    with pytest.raises(InputError, match="an image of 12 x 100 pixels: this network needs a 2D image of at least 16"):
         fitted()(torch.rand(1, 1, 12, 100), lambda x: x)
+    with pytest.raises(InputError, match="an image of 40 x 40 x 40 pixels"):
+        fitted()(torch.rand(1, 1, 40, 40, 40), lambda x: x)
     with pytest.raises(TypeError, match="pads by reflection only; 'padding_mode'"):
         FittedWindowInferer((512, 512), 16, padding_mode="constant")
 

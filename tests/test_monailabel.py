@@ -188,7 +188,7 @@ def test_inference_returns_the_bundles_membrane_mask_at_the_slice_size(server):
 
 def test_an_image_smaller_than_the_window_is_segmented_as_inside_its_section(server):
     """A 200 x 300 image gets the bundle's mask, nearly the section's own on those pixels (MONAI's zero padding up to
-    the 512 window, the bundle's inferer before 0.17.0, gave a mask that ignores the image)."""
+    the 512 window gives a mask that ignores the image)."""
     mask = _infer(server.url, "crop_00")
     assert mask.shape == (200, 300)
     assert (mask == _bundle_label_map(server.studies / "crop_00.png").T).mean() > 0.999

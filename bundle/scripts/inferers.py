@@ -42,33 +42,50 @@ class FittedWindowInferer(SlidingWindowInferer):
                 raise TypeError(f"FittedWindowInferer pads by reflection only; {fixed!r} is not an argument")
         super().__init__(roi_size, padding_mode="reflect", **kwargs)
         self.size_multiple = int(size_multiple)
-        self._arguments = {**kwargs, "padding_mode": "reflect"}
         roi = [int(side) for side in roi_size] if isinstance(roi_size, Sequence) else [int(roi_size)] * 2
-        if self.size_multiple < 1 or any(side < 1 or side % self.size_multiple for side in roi):
+        multiple = self.size_multiple
+        if len(roi) != 2 or multiple < 1 or any(side < 2 * multiple or side % multiple for side in roi):
             raise InputError(
-                f"--inference_roi {roi}: every side must be a positive multiple of {self.size_multiple}, the sizes "
-                "the network takes"
+                f"--inference_roi {roi}: must be 2 sides, each a multiple of {multiple} (the sizes the network "
+                f"takes) and at least {2 * multiple}"
             )
         self.roi = tuple(roi)
 
-    def window(self, image_size: Sequence[int]) -> tuple[int, ...]:
+    def window(self, image_size: Sequence[int]) -> tuple[int, int]:
         """The window for an image of ``image_size`` (H, W): the configured one, with each side longer than the
         image fitted to it (see the class)."""
-        multiple, fitted = self.size_multiple, []
-        for size, side in zip(image_size, self.roi, strict=True):
-            if size < multiple:
-                raise InputError(
-                    f"an image of {' x '.join(str(int(s)) for s in image_size)} pixels: every side must be at least "
-                    f"{multiple} pixels for this network"
-                )
-            fitted.append(min(side, max(2 * multiple, -(-int(size) // multiple) * multiple)))
-        return tuple(fitted)
+        if len(image_size) != 2 or min(image_size) < self.size_multiple:
+            raise InputError(
+                f"an image of {' x '.join(str(int(s)) for s in image_size)} pixels: this network needs a 2D image "
+                f"of at least {self.size_multiple} pixels a side"
+            )
+        multiple = self.size_multiple
+        return tuple(
+            min(side, max(2 * multiple, -(-int(size) // multiple) * multiple))
+            for size, side in zip(image_size, self.roi, strict=True)
+        )
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
         roi = self.window(inputs.shape[2:])
         if roi == self.roi:
             return super().__call__(inputs, network, *args, **kwargs)
-        return SlidingWindowInferer(roi, **self._arguments)(inputs, network, *args, **kwargs)
+        fitted = SlidingWindowInferer(
+            roi,
+            self.sw_batch_size,
+            self.overlap,
+            self.mode,
+            self.sigma_scale,
+            self.padding_mode,
+            self.cval,
+            self.sw_device,
+            self.device,
+            self.progress,
+            cpu_thresh=self.cpu_thresh,
+            buffer_steps=self.buffer_steps,
+            buffer_dim=self.buffer_dim,
+            with_coord=self.with_coord,
+        )
+        return fitted(inputs, network, *args, **kwargs)
 
 
 class DihedralAverageInferer(Inferer):
@@ -107,7 +124,7 @@ def with_test_time_augmentation(inferer: Inferer, enabled: bool | str) -> Infere
     """``inferer`` wrapped in :class:`DihedralAverageInferer` when the flag ``enabled`` is true, else ``inferer``.
 
     Args:
-        inferer: the plain inferer, e.g. the configs' ``SlidingWindowInferer``.
+        inferer: the plain inferer, e.g. the configs' :class:`FittedWindowInferer`.
         enabled: the ``test_time_augmentation`` flag (true/false/1/0/yes/no, see :func:`scripts.flags.flag`).
     """
     return DihedralAverageInferer(inferer) if flag(enabled, "test_time_augmentation") else inferer

@@ -244,8 +244,8 @@ class VolumeInference:
             "shape": list(volume.shape), "block_size": self.block_size, "blocks": len(blocks),
             "cell_halo": self.cell_halo, "band": self.band, "cells": repr(self.cells), "solidity": self.table.solidity,
             "pixel_size": list(self.table.pixel_size) if self.table.pixel_size else None,
-            "inferer": f"{type(self.predictor.inferer).__name__}(roi_size={list(window.roi_size)}, "
-            f"overlap={window.overlap}, mode={window.mode})",
+            "inferer": f"{type(self.predictor.inferer).__name__}({type(window).__name__}, roi_size="
+            f"{list(self.predictor.roi)}, overlap={window.overlap}, mode={window.mode})",
             "device": self.predictor.device.type if not self.scheduler else "auto", "amp": self.predictor.amp,
             "backend": self.predictor.chosen if not self.scheduler else self.predictor.backend,
             "output": [self.outputs.format, getattr(self.outputs, "version", None)], "weights": weights.hexdigest(),
