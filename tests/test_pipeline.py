@@ -181,12 +181,12 @@ def test_a_small_section_is_predicted_as_inside_the_whole_section(shipped, size)
     """A crop's membrane probability against the same pixels' in the whole section: the mean absolute difference,
     at least ``MARGIN`` pixels from the crop's border where the crop has such pixels.
 
-    The tolerance is how much the network's answer moves anyway, with nothing padded: three times what the window's
-    size alone changes (the whole section predicted with the crop's window against the 512 window, on the crop's pixels:
+    The tolerance is how much the network's answer moves anyway, with nothing padded: twice what the window's size
+    alone changes (the whole section predicted with the crop's window against the 512 window, on the crop's pixels:
     the context a window sees and the statistics instance norm takes over it), plus what a one-pixel move of the
     section changes. bench/small_sections.py measures the crops against the first on sections 18-23 (0.7-2.0
-    times it). MONAI's zero padding falls outside the tolerance from 100 pixels up; at 64 pixels a window sees so
-    little that its size alone can change the answer as much on some sections."""
+    times it; on this section at most 1.7 times). MONAI's zero padding falls outside the tolerance from 100 pixels
+    up; at 64 pixels a window sees so little that its size alone can change the answer as much on some sections."""
     predictor, section, whole, moved = shipped
     starts = [(n - s) // 2 for n, s in zip(section.shape, size, strict=True)]
     region = tuple(slice(start, start + s) for start, s in zip(starts, size, strict=True))
@@ -198,7 +198,7 @@ def test_a_small_section_is_predicted_as_inside_the_whole_section(shipped, size)
     window = FittedWindowInferer(
         predictor.inferer.window(size), predictor.inferer.size_multiple, overlap=0.25, mode="gaussian"
     )
-    tolerance = 3 * difference(with_inferer(predictor, window)(section)[region]) + moved
+    tolerance = 2 * difference(with_inferer(predictor, window)(section)[region]) + moved
     assert difference(predictor(section[region])) <= tolerance
     if 100 <= min(size) < 511:
         zeros = SlidingWindowInferer(predictor.roi, overlap=0.25, mode="gaussian")
