@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import machine  # noqa: E402
 
+from scripts.checkpoints import load_weights  # noqa: E402
 from scripts.datalists import load_labelled_stack, split_sections  # noqa: E402
 from scripts.inferers import FittedWindowInferer  # noqa: E402
 from scripts.metrics import cell_scores  # noqa: E402
@@ -50,7 +51,6 @@ ROI = (512, 512)
 CROPS = ((64, 64), (100, 100), (256, 256), (384, 384), (511, 511), (200, 512))
 MARGIN = 32  # pixels from a crop's border that the "interior" difference leaves out: there the crop lacks context
 PIXEL_SCALE = 0.7  # 512 -> 358 pixels
-METHODS = ("zeros", "reflect_to_window", "fitted")
 
 
 class ReflectToWindow:
@@ -62,10 +62,8 @@ class ReflectToWindow:
 
     def __call__(self, image: torch.Tensor, network) -> torch.Tensor:
         height, width = image.shape[-2:]
-        pads = [
-            (max(side - size, 0) // 2, max(side - size, 0) - max(side - size, 0) // 2)
-            for side, size in zip(self.roi, (height, width), strict=True)
-        ]
+        extra = [max(side - size, 0) for side, size in zip(self.roi, (height, width), strict=True)]
+        pads = [(pad // 2, pad - pad // 2) for pad in extra]
         padded = np.pad(image.cpu().numpy(), [(0, 0), (0, 0), *pads], mode="reflect")
         output = self.window(torch.from_numpy(padded), network)
         return output[..., pads[0][0] : pads[0][0] + height, pads[1][0] : pads[1][0] + width]
@@ -78,9 +76,7 @@ def predictors(model_path: Path) -> tuple[dict[str, SectionPredictor], object]:
     config.read_config(str(BUNDLE / "configs" / "inference.json"))
     config["bundle_root"] = str(BUNDLE)
     config["device"] = "$torch.device('cpu')"
-    network = config.get_parsed_content("network")
-    state = torch.load(model_path, map_location="cpu", weights_only=True)
-    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    network = load_weights(config.get_parsed_content("network"), model_path)
     parts = [config.get_parsed_content(key) for key in ("preprocessing", "postprocessing")]
     inferers = {
         "zeros": SlidingWindowInferer(ROI, sw_batch_size=1, overlap=0.25, mode="gaussian"),

@@ -28,6 +28,22 @@ def bundle_config(files: list[str], overrides: dict | None = None) -> ConfigPars
     return config
 
 
+def shipped_predictor():
+    """inference.json's predictor with the shipped weights, eager fp32 on the CPU."""
+    from scripts.checkpoints import load_weights
+
+    config = bundle_config(["configs/inference.json"], {"device": "cpu", "backend": "eager"})
+    load_weights(config.get_parsed_content("network"), config.get_parsed_content("model_path"), "cpu")
+    return config.get_parsed_content("predictor")
+
+
+def with_inferer(predictor, inferer):
+    """``predictor``'s network, preprocessing and postprocessing around another ``inferer``."""
+    from scripts.pipeline import SectionPredictor
+
+    return SectionPredictor(predictor.network, inferer, predictor.preprocessing, predictor.postprocessing)
+
+
 @pytest.fixture(scope="session")
 def tiny_stack_dir(tmp_path_factory) -> Path:
     """10 slices of 96x96 cropped from the shipped training stack, in the shipped file layout."""

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from conftest import BUNDLE, bundle_config
+from conftest import BUNDLE, shipped_predictor, with_inferer
 from monai.inferers import SlidingWindowInferer
 from napari.utils.interactions import mouse_press_callbacks
 
@@ -18,8 +18,6 @@ from emseg_napari import sample_data
 from emseg_napari.reader import read_stack
 from emseg_napari.widgets import CellsWidget, SegmentWidget
 from scripts.cell_table import cell_table
-from scripts.checkpoints import load_weights
-from scripts.pipeline import SectionPredictor
 
 RUN_TIMEOUT_MS = 300_000
 
@@ -84,14 +82,11 @@ def test_a_region_of_one_section_lands_where_it_was_cut(viewer, sample, qtbot):
     # an 80 x 100 region is predicted as inside its section, not as a region padded with zeros to the 512 window
     # (tests/test_pipeline.py measures this against its tolerance): the probability is nearer the whole section's
     region = np.asarray(viewer.layers[f"{sample.name} membrane probability"].data)[0]
-    predictor = bundle_config(["configs/inference.json"], {"device": "cpu", "backend": "eager"})
-    load_weights(predictor.get_parsed_content("network"), predictor.get_parsed_content("model_path"), "cpu")
-    predictor = predictor.get_parsed_content("predictor")
+    predictor = shipped_predictor()
     (data, _, _), _ = sample_data.isbi2012_training()
     section, pixels = np.asarray(data[1]), (slice(140, 220), slice(260, 360))  # the sample's crop starts at 100, 200
     inside = predictor(section)[pixels]
-    zeros = SlidingWindowInferer(predictor.roi, overlap=0.25, mode="gaussian")
-    zero_padded = SectionPredictor(predictor.network, zeros, predictor.preprocessing, predictor.postprocessing)
+    zero_padded = with_inferer(predictor, SlidingWindowInferer(predictor.roi, overlap=0.25, mode="gaussian"))
     assert np.abs(region - inside).mean() < 0.5 * np.abs(zero_padded(section[pixels]) - inside).mean()
     assert (cells.features["section"] == 0).all()  # the table is the region's, as the command gives it
     corrections = widget.cells_widget()

@@ -4,7 +4,7 @@ block's cells and table rows."""
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, bundle_config
+from conftest import DATA, bundle_config, shipped_predictor, with_inferer
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import UNet
 from monai.transforms import Activationsd, Compose, ScaleIntensity
@@ -161,19 +161,11 @@ def shipped():
     """inference.json's predictor with the shipped weights (eager fp32), validation section 20, its probability, and
     how far that moves when the section moves by one pixel: the mean absolute difference on the pixels both share
     (a 512 window, nothing padded; stride-2 convolutions are not shift-equivariant)."""
-    from scripts.checkpoints import load_weights
-
-    config = bundle_config(["configs/inference.json"], {"device": "cpu", "backend": "eager"})
-    load_weights(config.get_parsed_content("network"), config.get_parsed_content("model_path"), "cpu")
+    predictor = shipped_predictor()
     section = read_stack(DATA / "train-volume.tif")[20]
-    predictor = config.get_parsed_content("predictor")
     whole = predictor(section)
     moved = predictor(np.pad(section, ((0, 1), (0, 1)), mode="reflect")[1:, 1:])[:-1, :-1]
     return predictor, section, whole, float(np.abs(moved - whole[1:, 1:]).mean())
-
-
-def with_inferer(predictor: SectionPredictor, inferer) -> SectionPredictor:
-    return SectionPredictor(predictor.network, inferer, predictor.preprocessing, predictor.postprocessing)
 
 
 @pytest.mark.parametrize("size", SMALL_SECTIONS, ids=lambda size: f"{size[0]}x{size[1]}")
